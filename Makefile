@@ -1,0 +1,37 @@
+# Two commands: `make repro` (the whole pipeline on the demo world) and `make test`.
+# Both create .venv on first use; later runs reuse it (the stamp is redone when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: repro test java clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: the CUDA build from the local index runs on CPU and pairs with torchvision
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "Java not found: installing default-jre-headless (needed by pycocoevalcap's METEOR and PTB tokenizer)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; \
+	  else \
+	    echo "Java not found. pycocoevalcap needs it for METEOR and its PTB tokenizer:"; \
+	    echo "  Debian/Ubuntu: sudo apt-get install default-jre-headless   (any Java >= 8 works)"; \
+	    exit 1; \
+	  fi; }
+
+repro: $(STAMP) java
+	$(BIN)/dvc repro
+	@$(BIN)/dvc metrics show
+
+test: $(STAMP) java
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

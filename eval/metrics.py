@@ -1,0 +1,85 @@
+"""Caption metrics with pycocoevalcap, the toolkit captioning papers report.
+
+BLEU-1..4, METEOR, ROUGE-L and CIDEr always (METEOR and the PTB tokenizer need Java). SPICE runs
+only where Stanford CoreNLP 3.6.0's jars already sit in pycocoevalcap's ``spice/lib`` folder:
+pycocoevalcap would otherwise download them, and nothing here downloads at run time. Scores are
+on pycocoevalcap's scale (papers quote them ×100).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pycocoevalcap
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+log = logging.getLogger(__name__)
+
+SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+
+
+def spice_unavailable_reason() -> str | None:
+    """None when SPICE can run; otherwise why not."""
+    lib = Path(pycocoevalcap.__file__).parent / "spice" / "lib"
+    missing = [jar for jar in SPICE_JARS if not (lib / jar).is_file()]
+    if missing:
+        return f"Stanford CoreNLP jars missing from {lib}: {', '.join(missing)} (place them there to enable SPICE)"
+    if shutil.which("java") is None:
+        return "java not found"
+    return None
+
+
+def require_java() -> None:
+    if shutil.which("java") is None:
+        raise RuntimeError("pycocoevalcap needs Java for METEOR and the PTB tokenizer: "
+                           "install a JRE (Debian: apt-get install default-jre-headless)")
+
+
+def coco_scores(references: dict[str, list[str]], candidates: dict[str, str]) -> tuple[dict[str, float], dict]:
+    """Corpus scores and per-image scores for candidates against their references (same keys).
+
+    Returns ({"BLEU-1": …, "CIDEr": …, "SPICE"?: …}, {"CIDEr": {image_id: score}, …}).
+    """
+    gts, res = _tokenize(references, candidates)
+    scorers = [(Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]), (Meteor(), ["METEOR"]),
+               (Rouge(), ["ROUGE-L"]), (Cider(), ["CIDEr"])]
+    if spice_unavailable_reason() is None:
+        from pycocoevalcap.spice.spice import Spice
+
+        scorers.append((Spice(), ["SPICE"]))
+    ids = list(gts)  # the order every scorer iterates in
+    corpus, per_image = {}, {}
+    for scorer, names in scorers:
+        score, scores = scorer.compute_score(gts, res)
+        if len(names) == 1:
+            score, scores = [score], [scores]
+        for name, s, ss in zip(names, score, scores):
+            corpus[name] = float(s)
+            per_image[name] = {i: _as_float(v) for i, v in zip(ids, ss)}
+    return corpus, per_image
+
+
+def cider(references: dict[str, list[str]], candidates: dict[str, str]) -> float:
+    """CIDEr alone (PTB-tokenized), for cheap validation during training."""
+    gts, res = _tokenize(references, candidates)
+    return float(Cider().compute_score(gts, res)[0])
+
+
+def _tokenize(references: dict[str, list[str]], candidates: dict[str, str]) -> tuple[dict, dict]:
+    """PTB-tokenize both sides, as the COCO evaluation server does."""
+    if set(references) != set(candidates):
+        raise ValueError("references and candidates must cover the same image ids")
+    require_java()
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
+    res = tokenizer.tokenize({k: [{"caption": candidates[k]}] for k in references})
+    return gts, res
+
+
+def _as_float(value) -> float:
+    return float(value["All"]["f"]) if isinstance(value, dict) else float(value)

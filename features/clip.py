@@ -1,0 +1,91 @@
+"""CLIP image and text embeddings through open_clip.
+
+Loading follows open_clip's own conventions, so real and demo models take the same path:
+``model`` is a built-in config name (``ViT-B-32``) or one registered from ``config_file``;
+``pretrained`` is an open_clip tag (``openai``, needs the hub) or a local weights file.
+``tokenizer`` optionally names a local Hugging Face tokenizer folder (open_clip's HFTokenizer),
+for custom configs whose vocabulary is not CLIP's BPE.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import open_clip
+import torch
+from tqdm import tqdm
+
+from features.images import image_batches
+from features.weights import weights_identity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Every key is documented in params.yaml (section ``clip``)."""
+
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+    config_file: str = ""
+    tokenizer: str = ""
+    batch_size: int = 64
+
+    def identity(self) -> dict:
+        """What the produced embeddings depend on (stored as provenance, checked by readers)."""
+        config = Path(self.config_file).read_text() if self.config_file else ""
+        return {"clip.model": self.model, "clip.weights": weights_identity(self.pretrained),
+                "clip.config": config, "clip.tokenizer": weights_identity(self.tokenizer) if self.tokenizer else ""}
+
+
+@dataclass
+class Clip:
+    model: open_clip.CLIP
+    preprocess: Callable
+    tokenizer: Callable[[Sequence[str]], torch.Tensor]
+    device: torch.device
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.text_projection.shape[1]) if isinstance(self.model.text_projection, torch.Tensor) \
+            else int(self.model.text_projection.out_features)
+
+
+def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
+    if cfg.config_file:
+        path = Path(cfg.config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"clip.config_file: {path} not found")
+        open_clip.add_model_config(path)
+        if path.stem != cfg.model:
+            raise ValueError(f"clip.model is {cfg.model!r} but clip.config_file registers {path.stem!r}")
+    model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=cfg.pretrained or None)
+    if cfg.tokenizer:
+        context_length = model.context_length
+        tokenizer = open_clip.tokenizer.HFTokenizer(cfg.tokenizer, context_length=context_length)
+    else:
+        tokenizer = open_clip.get_tokenizer(cfg.model)
+    return Clip(model.eval().to(device), preprocess, tokenizer, device)
+
+
+@torch.no_grad()
+def encode_images(clip: Clip, paths: Sequence[Path], batch_size: int, num_workers: int) -> np.ndarray:
+    """CLIP global embeddings (n, d), float32, unnormalised, in the order of ``paths``."""
+    out = np.zeros((len(paths), clip.dim), np.float32)
+    loader = image_batches(paths, clip.preprocess, batch_size, num_workers)
+    for indices, images in tqdm(loader, desc="clip_image", unit="batch", leave=False):
+        out[indices.numpy()] = clip.model.encode_image(images.to(clip.device)).float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """CLIP text embeddings (n, d), float32, unnormalised."""
+    out = np.zeros((len(texts), clip.dim), np.float32)
+    for start in tqdm(range(0, len(texts), batch_size), desc="clip_text", unit="batch", leave=False):
+        tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
+        out[start:start + len(tokens)] = clip.model.encode_text(tokens).float().cpu().numpy()
+    return out

@@ -1,0 +1,200 @@
+"""Region features from a torchvision Faster R-CNN.
+
+Architectures are registered by name in :data:`ARCHITECTURES`; a builder takes a
+:class:`DetectorConfig` and returns an untrained ``FasterRCNN`` whose weights are then loaded from
+a local state_dict file (no hub download: real COCO weights are saved once with torchvision on a
+connected machine, then given as a file). Contract of a builder: it must return a
+``torchvision.models.detection.FasterRCNN`` whose ``roi_heads.box_head`` yields the region
+feature vector, and honour the config's anchors, RoI size, RPN top-N and score threshold.
+
+Region features are taken for the *final* boxes (after class-specific regression and NMS): the
+RoI pooler and box head run once more on those boxes, so feature ``i`` describes box ``i``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from features.weights import load_state_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every key is documented in params.yaml (section ``regions``)."""
+
+    arch: str = "fasterrcnn_resnet50_fpn"
+    weights: str = ""  # local state_dict file (.pt/.pth/.safetensors)
+    classes: str = ""  # JSON file: list of class names, index = label id, 0 = background
+    min_size: int = 800
+    max_size: int = 1333
+    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    roi_output_size: int = 7
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 100
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    max_regions: int = 36
+    batch_size: int = 4
+
+
+def _anchors(cfg: DetectorConfig) -> AnchorGenerator:
+    sizes = tuple(tuple(level) for level in cfg.anchor_sizes)
+    return AnchorGenerator(sizes, (tuple(cfg.aspect_ratios),) * len(sizes))
+
+
+def _common_kwargs(cfg: DetectorConfig) -> dict:
+    return dict(
+        min_size=cfg.min_size, max_size=cfg.max_size, rpn_anchor_generator=_anchors(cfg),
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
+        box_detections_per_img=cfg.max_regions,
+    )
+
+
+def _roi_pool(cfg: DetectorConfig, names: list[str]) -> MultiScaleRoIAlign:
+    return MultiScaleRoIAlign(featmap_names=names, output_size=cfg.roi_output_size, sampling_ratio=2)
+
+
+def build_resnet50_fpn(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
+    """torchvision's R50-FPN (box head: 1024-d features)."""
+    return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
+                                   box_roi_pool=_roi_pool(cfg, ["0", "1", "2", "3"]), **_common_kwargs(cfg))
+
+
+def build_mobilenet_v3_fpn(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
+    return fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
+                                             box_roi_pool=_roi_pool(cfg, ["0", "1"]), **_common_kwargs(cfg))
+
+
+class TinyBackbone(nn.Sequential):
+    """Five 3x3 convs, stride 8, 96 channels: enough for the demo world at 128 px, fast on CPU."""
+
+    out_channels = 96
+
+    def __init__(self) -> None:
+        widths = [3, 32, 64, 96, 96, 96]
+        strides = [2, 2, 2, 1, 1]
+        layers: list[nn.Module] = []
+        for c_in, c_out, s in zip(widths[:-1], widths[1:], strides):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=s, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+
+
+def build_demo_tiny(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
+    """The demo world's detector: single feature map, 256-d box head."""
+    backbone = TinyBackbone()
+    head_width = 256
+    return FasterRCNN(
+        backbone, num_classes=None, box_roi_pool=_roi_pool(cfg, ["0"]),
+        box_head=TwoMLPHead(backbone.out_channels * cfg.roi_output_size**2, head_width),
+        box_predictor=FastRCNNPredictor(head_width, num_classes),
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25], **_common_kwargs(cfg),
+    )
+
+
+ARCHITECTURES: dict[str, Callable[[DetectorConfig, int], FasterRCNN]] = {
+    "fasterrcnn_resnet50_fpn": build_resnet50_fpn,
+    "fasterrcnn_mobilenet_v3_large_fpn": build_mobilenet_v3_fpn,
+    "demo_tiny": build_demo_tiny,
+}
+
+
+def load_class_names(path: str) -> list[str]:
+    names = json.loads(Path(path).read_text())
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
+        raise ValueError(f"{path}: expected a JSON list of class names (index 0 = background)")
+    return names
+
+
+def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
+    if cfg.arch not in ARCHITECTURES:
+        raise KeyError(f"regions.arch: unknown architecture {cfg.arch!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[cfg.arch](cfg, num_classes)
+
+
+def load_detector(cfg: DetectorConfig, device: torch.device) -> tuple[FasterRCNN, list[str]]:
+    """Build the configured architecture and load its weights from the local file."""
+    if not cfg.weights:
+        raise ValueError("regions.weights: a local detector state_dict file is required")
+    names = load_class_names(cfg.classes)
+    model = build_detector(cfg, len(names))
+    model.load_state_dict(load_state_dict(Path(cfg.weights)))
+    return model.eval().to(device), names
+
+
+@dataclass
+class Regions:
+    """Detections of one image, in original pixel coordinates. ``features``: (R, D)."""
+
+    features: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+@torch.no_grad()
+def detect_regions(model: FasterRCNN, images: list[torch.Tensor]) -> list[Regions]:
+    """Run the detector by hand so that RoI features belong to the final boxes. ``images`` are
+    (3, H, W) floats in [0, 1]. An image with no detection gets one whole-image box with score 0
+    and label 0 (background), so that every image has at least one node."""
+    original_sizes = [tuple(img.shape[-2:]) for img in images]
+    image_list, _ = model.transform(images)
+    features = model.backbone(image_list.tensors)
+    if isinstance(features, torch.Tensor):
+        features = OrderedDict([("0", features)])
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    boxes = [_with_fallback(d["boxes"], size) for d, size in zip(detections, image_list.image_sizes)]
+    pooled = model.roi_heads.box_roi_pool(features, boxes, image_list.image_sizes)
+    region_features = model.roi_heads.box_head(pooled).split([len(b) for b in boxes])
+    out = []
+    for det, b, feats, size, orig in zip(detections, boxes, region_features, image_list.image_sizes, original_sizes):
+        scale = torch.tensor([orig[1] / size[1], orig[0] / size[0]] * 2, device=b.device)
+        empty = len(det["boxes"]) == 0
+        out.append(Regions(
+            features=feats.float().cpu().numpy(),
+            boxes=(b * scale).float().cpu().numpy(),
+            scores=np.zeros(1, np.float32) if empty else det["scores"].float().cpu().numpy(),
+            labels=np.zeros(1, np.int64) if empty else det["labels"].cpu().numpy(),
+        ))
+    return out
+
+
+def _with_fallback(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if len(boxes):
+        return boxes
+    h, w = size
+    return torch.tensor([[0.0, 0.0, float(w), float(h)]], device=boxes.device)
+
+
+def pad_regions(regions: list[Regions], n_max: int) -> dict[str, np.ndarray]:
+    """Stack detections into the store's padded arrays (rows past ``counts`` are zeros)."""
+    n, dim = len(regions), regions[0].features.shape[1]
+    arrays = {
+        "features": np.zeros((n, n_max, dim), np.float16), "boxes": np.zeros((n, n_max, 4), np.float32),
+        "scores": np.zeros((n, n_max), np.float16), "labels": np.zeros((n, n_max), np.int32),
+        "counts": np.zeros(n, np.int32),
+    }
+    for i, r in enumerate(regions):
+        k = min(len(r.features), n_max)
+        arrays["features"][i, :k] = r.features[:k]
+        arrays["boxes"][i, :k] = r.boxes[:k]
+        arrays["scores"][i, :k] = r.scores[:k]
+        arrays["labels"][i, :k] = r.labels[:k]
+        arrays["counts"][i] = k
+    return arrays

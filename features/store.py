@@ -1,0 +1,203 @@
+"""The HDF5 feature store: the one module that knows the shard schema.
+
+Layout: ``<store>/<kind>/shard-00000.h5`` where shard ``i`` holds the manifest entries
+``[i * shard_size, (i + 1) * shard_size)`` in manifest order. Every shard file carries, as root
+attributes, its ``kind``, the ``schema_version``, the manifest slice it covers and a JSON
+``provenance`` record (producing model, weights hash, preprocessing parameters, code version).
+Readers compare the stored provenance with what the caller expects and refuse a mismatch with an
+error that names the differing key. Shards are written under a temporary name and renamed when
+complete, so a shard that exists is whole.
+
+Kinds and their datasets (n = images in the shard):
+
+==========  =====================================================================================
+clip_image  ``embeddings`` (n, d) float16 — CLIP global image embeddings (not normalised)
+regions     ``features`` (n, N_max, D) float16, ``boxes`` (n, N_max, 4) float32 in pixels (x0, y0,
+            x1, y1), ``scores`` (n, N_max) float16, ``labels`` (n, N_max) int32, ``counts`` (n,)
+            int32, ``image_sizes`` (n, 2) int32 as (height, width) — padded to N_max with zeros;
+            rows past ``counts`` are padding, never features
+knn         ``neighbors`` (n, N_max, K) int32 (-1 = none), ``weights`` (n, N_max, K) float16 —
+            directed K nearest neighbours per region with Gaussian edge weights
+clip_text   ``embeddings`` (m, d) float16 over all captions of the shard, ``offsets`` (n + 1,)
+            int64 — captions of image j are rows offsets[j]:offsets[j+1]
+==========  =====================================================================================
+
+Every kind also stores ``image_ids`` (n,) as UTF-8 strings, checked against the manifest.
+Keyword banks live in ``<store>/keywords.h5`` (see :func:`write_bank`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KINDS = ("clip_image", "regions", "knn", "clip_text")
+_STRING = h5py.string_dtype("utf-8")
+
+
+class StoreError(RuntimeError):
+    """A shard is missing, incomplete, or made under a different configuration."""
+
+
+def shard_path(store: Path, kind: str, index: int) -> Path:
+    return Path(store) / kind / f"shard-{index:05d}.h5"
+
+
+def shard_slices(n_images: int, shard_size: int) -> list[slice]:
+    """The fixed, deterministic manifest slice of every shard."""
+    if shard_size <= 0:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    return [slice(start, min(start + shard_size, n_images)) for start in range(0, n_images, shard_size)]
+
+
+def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping[str, np.ndarray],
+                provenance: Mapping[str, Any], first_index: int) -> None:
+    """Write one complete shard atomically (temporary file, fsync, rename)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown feature kind {kind!r}; known: {KINDS}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["kind"] = kind
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["first_index"] = first_index
+        f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
+        f.create_dataset("image_ids", data=np.asarray(list(image_ids), dtype=object), dtype=_STRING)
+        for name, array in arrays.items():
+            f.create_dataset(name, data=array)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def check_provenance(path: Path, stored: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Refuse a shard whose provenance differs from ``expected`` on any key ``expected`` names."""
+    for key, value in expected.items():
+        if key not in stored:
+            raise StoreError(f"{path}: provenance has no key {key!r} (made by another version?)")
+        if json.dumps(stored[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise StoreError(
+                f"{path}: provenance key {key!r} differs: stored {stored[key]!r}, expected {value!r}; "
+                "re-run the stage that makes these features"
+            )
+
+
+@dataclass
+class Shard:
+    """An open, validated shard. Datasets are read lazily through :meth:`read`."""
+
+    path: Path
+    file: h5py.File
+    first_index: int
+    n: int
+
+    def read(self, name: str, rows: slice | int | None = None) -> np.ndarray:
+        if name not in self.file:
+            raise StoreError(f"{self.path}: no dataset {name!r}")
+        dataset = self.file[name]
+        return dataset[()] if rows is None else dataset[rows]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Sequence[str] | None = None) -> Shard:
+    """Open a shard for reading after checking kind, schema, provenance and image ids."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: missing shard (run `dvc repro` for the {kind} stage)")
+    f = h5py.File(path, "r")
+    try:
+        if f.attrs.get("kind") != kind:
+            raise StoreError(f"{path}: kind is {f.attrs.get('kind')!r}, expected {kind!r}")
+        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema_version {f.attrs.get('schema_version')} != {SCHEMA_VERSION}")
+        check_provenance(path, json.loads(f.attrs["provenance"]), expected)
+        stored_ids = [s.decode() if isinstance(s, bytes) else s for s in f["image_ids"][()]]
+        if image_ids is not None and list(image_ids) != stored_ids:
+            raise StoreError(f"{path}: image ids differ from the manifest slice; the manifest changed")
+        return Shard(path, f, int(f.attrs["first_index"]), len(stored_ids))
+    except Exception:
+        f.close()
+        raise
+
+
+class FeatureReader:
+    """Random access by manifest index over one kind's shards; files open lazily, on first use
+    in the process that uses them (so each DataLoader worker gets its own handles)."""
+
+    def __init__(self, store: Path, kind: str, shard_size: int, n_images: int, expected: Mapping[str, Any]):
+        self.store, self.kind, self.shard_size, self.expected = Path(store), kind, shard_size, dict(expected)
+        self.n_shards = len(shard_slices(n_images, shard_size))
+        self._open: dict[int, Shard] = {}
+        self._pid = os.getpid()
+
+    def shard(self, index: int) -> Shard:
+        if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles
+            self._open, self._pid = {}, os.getpid()
+        if index not in self._open:
+            self._open[index] = open_shard(shard_path(self.store, self.kind, index), self.kind, self.expected)
+        return self._open[index]
+
+    def validate_all(self) -> None:
+        """Open every shard once, so a bad store fails before training starts."""
+        for i in range(self.n_shards):
+            self.shard(i)
+
+    def row(self, manifest_index: int, name: str) -> np.ndarray:
+        shard = self.shard(manifest_index // self.shard_size)
+        return shard.read(name, manifest_index - shard.first_index)
+
+    def captions(self, manifest_index: int) -> np.ndarray:
+        """clip_text only: the caption embeddings of one image, (n_captions, d)."""
+        shard = self.shard(manifest_index // self.shard_size)
+        j = manifest_index - shard.first_index
+        start, end = shard.read("offsets", slice(j, j + 2))
+        return shard.read("embeddings", slice(int(start), int(end)))
+
+    def close(self) -> None:
+        for shard in self._open.values():
+            shard.close()
+        self._open.clear()
+
+
+def write_bank(path: Path, name: str, words: Sequence[str], embeddings: np.ndarray,
+               provenance: Mapping[str, Any]) -> None:
+    """Write (or replace) one keyword bank in ``keywords.h5``: the words and their embeddings."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{name}.tmp")
+    if path.exists():
+        tmp.write_bytes(path.read_bytes())
+    with h5py.File(tmp, "a") as f:
+        if name in f:
+            del f[name]
+        group = f.create_group(name)
+        group.attrs["schema_version"] = SCHEMA_VERSION
+        group.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
+        group.create_dataset("words", data=np.asarray(list(words), dtype=object), dtype=_STRING)
+        group.create_dataset("embeddings", data=embeddings.astype(np.float16))
+    tmp.replace(path)
+
+
+def read_bank(path: Path, name: str, expected: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: missing keyword bank file (run the clip_text stage)")
+    with h5py.File(path, "r") as f:
+        if name not in f:
+            raise StoreError(f"{path}: no keyword bank {name!r}")
+        group = f[name]
+        check_provenance(path / name, json.loads(group.attrs["provenance"]), expected)
+        words = [w.decode() if isinstance(w, bytes) else w for w in group["words"][()]]
+        return words, group["embeddings"][()].astype(np.float32)

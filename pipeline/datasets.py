@@ -1,0 +1,106 @@
+"""Data-set adapters: Karpathy split JSON (COCO, Flickr30k, Flickr8k, the demo world) → manifest.
+
+The manifest is the single list every later stage indexes: one entry per image with a stable
+string id, its path relative to the image root, its split and its normalised captions. Feature
+shards are slices of it, in its order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Caption normalisation (METHOD.md §9); keys documented in params.yaml (``prepare``)."""
+
+    lowercase: bool = True
+    strip_punctuation: bool = True  # everything but letters, digits, spaces and periods
+    numbers_to_token: bool = True  # "2" -> "<num>"
+    restval_to_train: bool = True  # Karpathy's "restval" images join the training split
+
+
+_PUNCTUATION = re.compile(r"[^\w\s.<>]|_")
+_NUMBER = re.compile(r"\b\d+(?:[.,]\d+)?\b")
+
+
+def normalize_caption(text: str, cfg: TextConfig) -> str:
+    if cfg.lowercase:
+        text = text.lower()
+    if cfg.numbers_to_token:
+        text = _NUMBER.sub("<num>", text)
+    if cfg.strip_punctuation:
+        text = _PUNCTUATION.sub(" ", text)
+    text = re.sub(r"\s+([.])", r"\1", text)  # "word ." -> "word."
+    return " ".join(text.split()).rstrip(". ").strip()
+
+
+class DatasetError(ValueError):
+    """A data-set file or entry that cannot be used; the message names it."""
+
+
+def _entry_id(entry: dict[str, Any], position: int, source: Path) -> str:
+    for key in ("cocoid", "imgid"):
+        if key in entry:
+            return str(entry[key])
+    raise DatasetError(f"{source}: image entry #{position} has neither 'cocoid' nor 'imgid'")
+
+
+def _split_of(entry: dict[str, Any], image_id: str, source: Path, cfg: TextConfig) -> str:
+    split = entry.get("split")
+    if split == "restval" and cfg.restval_to_train:
+        return "train"
+    if split not in SPLITS:
+        raise DatasetError(f"{source}: image {image_id}: unknown split {split!r} (expected one of {SPLITS})")
+    return split
+
+
+def read_karpathy(source: Path, cfg: TextConfig) -> dict[str, Any]:
+    """Read a Karpathy split JSON into a manifest dict (without the image root)."""
+    try:
+        data = json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{source}: cannot read Karpathy JSON ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{source}: expected an object with an 'images' list")
+    images, seen = [], set()
+    for position, entry in enumerate(data["images"]):
+        image_id = _entry_id(entry, position, source)
+        if image_id in seen:
+            raise DatasetError(f"{source}: duplicate image id {image_id}")
+        seen.add(image_id)
+        if "filename" not in entry or not entry.get("sentences"):
+            raise DatasetError(f"{source}: image {image_id}: missing 'filename' or 'sentences'")
+        raw = [s["raw"] for s in entry["sentences"]]
+        captions = [normalize_caption(r, cfg) for r in raw]
+        if not all(captions):
+            raise DatasetError(f"{source}: image {image_id}: a caption is empty after normalisation")
+        extra = {k: entry[k] for k in ("scene", "objects") if k in entry}
+        images.append({
+            "id": image_id, "path": str(Path(entry.get("filepath", "")) / entry["filename"]),
+            "split": _split_of(entry, image_id, source, cfg), "captions": captions, "raw": raw, "extra": extra,
+        })
+    return {"dataset": data.get("dataset", Path(source).stem), "images": images}
+
+
+def build_manifest(source: Path, image_root: Path, cfg: TextConfig, max_images: int = 0) -> dict[str, Any]:
+    manifest = read_karpathy(source, cfg)
+    if max_images:
+        manifest["images"] = manifest["images"][:max_images]
+    manifest["image_root"] = str(image_root)
+    counts = {s: sum(e["split"] == s for e in manifest["images"]) for s in SPLITS}
+    log.info("manifest: %d images %s", len(manifest["images"]), counts)
+    return manifest
+
+
+def image_paths(manifest: dict[str, Any], entries: list[dict[str, Any]] | None = None) -> list[Path]:
+    root = Path(manifest["image_root"])
+    return [root / e["path"] for e in (manifest["images"] if entries is None else entries)]

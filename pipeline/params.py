@@ -1,0 +1,120 @@
+"""params.yaml → validated, typed dataclasses. The only module that reads params.yaml.
+
+Every section maps to the config dataclass of the library module that uses it. Unknown keys,
+missing sections and wrongly typed values fail at once, naming the key, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from features.clip import ClipConfig
+from features.keywords import KeywordConfig
+from features.knn import KnnConfig
+from features.regions import DetectorConfig
+from pipeline.datasets import TextConfig
+from pipeline.world import WorldConfig
+from train.decode import DecodeConfig
+from train.model import ModelConfig
+from train.trainer import TrainConfig
+
+
+class ParamsError(ValueError):
+    """A parameter file that does not fit the schema; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "data/world/dataset.json"  # Karpathy split JSON
+    image_root: str = "data/world"  # 'filepath/filename' of each entry is relative to this
+    max_images: int = 0  # keep only the first N images (0 = all); for quick trials
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    dir: str = "data/features"
+    shard_size: int = 1000
+    num_workers: int = 2  # DataLoader workers decoding images
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    split: str = "test"
+    batch_size: int = 50
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+
+
+@dataclass(frozen=True)
+class Params:
+    world: WorldConfig
+    data: DataConfig
+    prepare: TextConfig
+    store: StoreConfig
+    clip: ClipConfig
+    regions: DetectorConfig
+    keywords: KeywordConfig
+    knn: KnnConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, key)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: {value!r} is not of type {hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if hint is type(None):
+        if value is not None:
+            raise ParamsError(f"{key}: expected null, got {value!r}")
+        return None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ParamsError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls: type, values: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly: every key known, every type right."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"{prefix}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ParamsError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field missing
+        raise ParamsError(f"{prefix}: {err}") from err
+
+
+def load_params(path: Path = Path("params.yaml")) -> Params:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ParamsError(f"{path}: cannot read ({err})") from err
+    try:
+        return build(Params, raw, "params")
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from err

@@ -1,0 +1,39 @@
+"""Stage `clip_text`: CLIP text embeddings of every caption (sharded like the images) and of the
+scene and object keyword banks (keywords.h5)."""
+from pathlib import Path
+
+import numpy as np
+
+from features.clip import encode_texts, load_clip
+from features.keywords import object_keywords, scene_keywords
+from features.regions import load_class_names
+from features.store import write_bank
+from pipeline.provenance import expected, keyword_bank
+from pipeline.runtime import device_of
+from pipeline.stages.common import for_each_shard, load_manifest, start
+
+
+def main() -> None:
+    params = start()
+    manifest = load_manifest()
+    clip = load_clip(params.clip, device_of(params.store.device))
+    batch = params.clip.batch_size
+
+    def compute(shard: int, entries: list[dict]) -> dict[str, np.ndarray]:
+        captions = [c for e in entries for c in e["captions"]]
+        offsets = np.cumsum([0] + [len(e["captions"]) for e in entries]).astype(np.int64)
+        return {"embeddings": encode_texts(clip, captions, batch).astype(np.float16), "offsets": offsets}
+
+    for_each_shard(params, manifest, "clip_text", expected(params)["clip_text"], compute)
+
+    classes = load_class_names(params.regions.classes)
+    train_captions = [c for e in manifest["images"] if e["split"] == "train" for c in e["captions"]]
+    banks = {"scene": scene_keywords(params.keywords, train_captions, classes), "object": object_keywords(classes)}
+    bank_file = Path(params.store.dir) / "keywords.h5"
+    for name, words in banks.items():
+        prompts = [params.keywords.prompt.format(w) for w in words]
+        write_bank(bank_file, name, words, encode_texts(clip, prompts, batch), keyword_bank(params))
+
+
+if __name__ == "__main__":
+    main()

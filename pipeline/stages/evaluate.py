@@ -1,0 +1,56 @@
+"""Stage `evaluate`: decode the test split with the trained captioner; pycocoevalcap metrics into
+results/metrics.json, captions and per-image scores into results/captions.json."""
+import random
+from pathlib import Path
+
+from eval.metrics import coco_scores, cider, spice_unavailable_reason
+from features.store import check_provenance
+from pipeline.provenance import expected
+from pipeline.runtime import device_of
+from pipeline.stages.common import load_manifest, open_features, split_indices, start, write_json
+from pipeline.stages.train import OUT
+from train.data import Images
+from train.decode import caption_images
+from train.model import load_captioner
+
+
+def main() -> None:
+    params = start()
+    manifest = load_manifest()
+    model, config = load_captioner(OUT)
+    for kind, record in expected(params).items():  # the model must have been trained on these features
+        check_provenance(OUT / "config.json", config["features"][kind], record)
+    features = open_features(params, manifest)
+    images = manifest["images"]
+    indices = split_indices(manifest, params.evaluate.split)
+    captions = caption_images(model, Images(features, indices), params.evaluate.decode, params.evaluate.batch_size,
+                              device_of(params.store.device))
+    ids = [images[i]["id"] for i in indices]
+    references = {images[i]["id"]: images[i]["captions"] for i in indices}
+    candidates = dict(zip(ids, captions))
+    scores, per_image = coco_scores(references, candidates)
+    shuffled = random.Random(0).sample(captions, len(captions))  # chance: captions of other images
+    metrics = {**scores, "CIDEr_shuffled_captions": cider(references, dict(zip(ids, shuffled))),
+               "n_images": len(ids), "split": params.evaluate.split, "decode": params.evaluate.decode.method}
+    reason = spice_unavailable_reason()
+    if reason:
+        metrics["SPICE_unavailable"] = reason
+    write_json(Path("results/metrics.json"), metrics)
+    write_json(Path("results/captions.json"), [
+        {"id": i, "caption": candidates[i], "references": references[i],
+         "scores": {name: values[i] for name, values in per_image.items()}} for i in ids])
+    print_table(metrics)
+
+
+def print_table(metrics: dict) -> None:
+    print(f"\n{'metric':<26}{'score':>10}   ({metrics['split']} split, {metrics['n_images']} images, "
+          f"{metrics['decode']} decoding; pycocoevalcap scale, papers quote ×100)")
+    for name, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{name:<26}{value:>10.4f}")
+    if "SPICE_unavailable" in metrics:
+        print(f"SPICE: unavailable — {metrics['SPICE_unavailable']}")
+
+
+if __name__ == "__main__":
+    main()

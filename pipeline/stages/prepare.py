@@ -1,0 +1,16 @@
+"""Stage `prepare`: data set (Karpathy JSON) → data/manifest.json with normalised captions."""
+from pathlib import Path
+
+from pipeline.datasets import build_manifest
+from pipeline.stages.common import MANIFEST, start, write_json
+
+
+def main() -> None:
+    params = start()
+    manifest = build_manifest(Path(params.data.dataset), Path(params.data.image_root), params.prepare,
+                              params.data.max_images)
+    write_json(MANIFEST, manifest)
+
+
+if __name__ == "__main__":
+    main()

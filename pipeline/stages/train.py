@@ -1,0 +1,54 @@
+"""Stage `train`: the captioner on cached features → models/captioner (best by validation CIDEr)."""
+from pathlib import Path
+
+import torch
+from dvclive import Live
+
+from eval.metrics import cider
+from features.store import read_bank
+from pipeline.provenance import expected, keyword_bank
+from pipeline.runtime import device_of
+from pipeline.stages.common import load_manifest, open_features, split_indices, start, write_json
+from train.data import CaptionPairs, Images
+from train.decode import DecodeConfig, caption_images
+from train.model import Captioner, FeatureDims, load_gpt2
+from train.trainer import seed_everything, train
+
+OUT = Path("models/captioner")
+
+
+def main() -> None:
+    params = start()
+    manifest = load_manifest()
+    device = device_of(params.store.device)
+    features = open_features(params, manifest)
+    bank_file = Path(params.store.dir) / "keywords.h5"
+    scene_words, scene_bank = read_bank(bank_file, "scene", keyword_bank(params))
+    object_words, object_bank = read_bank(bank_file, "object", keyword_bank(params))
+    first = features.image(0)
+    dims = FeatureDims(clip=len(first["clip"]), region=first["features"].shape[1],
+                       scene_bank=len(scene_words), object_bank=len(object_words))
+    seed_everything(params.train.seed)
+    gpt2, tokenizer = load_gpt2(params.model.gpt2)
+    model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank))
+
+    images = manifest["images"]
+    train_idx = split_indices(manifest, "train")
+    train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
+                             params.train.max_tokens)
+    val_idx = split_indices(manifest, "val", params.train.val_images)
+    val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["captions"] for i in val_idx}
+    greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
+
+    def scorer(m: Captioner) -> dict[str, float]:
+        captions = caption_images(m, val_set, greedy, params.train.batch_size, device)
+        return {"CIDEr_greedy": cider(references, {images[i]["id"]: c for i, c in zip(val_idx, captions)})}
+
+    extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words}
+    with Live("dvclive", dvcyaml=False, save_dvc_exp=False) as live:
+        best = train(model, train_set, params.train, OUT, live, scorer, "CIDEr_greedy", device, extra)
+    write_json(Path("results/train.json"), best)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The demo world: a generated, captioned image data set that needs no download.
+
+Each image shows 1-4 coloured shapes of two sizes on one of four textured scene backgrounds.
+Five captions per image name the objects with their attributes, a spatial relation between two
+of them and the scene, so a captioner has to get attributes, relations and scene words right.
+
+The data set is written in Karpathy split JSON (the format of dataset_coco.json), so it enters
+the pipeline through the same adapter as MSCOCO or Flickr30k. Each image entry also carries the
+ground truth (``scene`` and ``objects`` with boxes) that the demo detector is trained on and that
+evaluation can judge captions against. Everything is deterministic given the seed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+SHAPES = ("circle", "square", "triangle", "star")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 50, 170),
+    "orange": (245, 130, 30),
+}
+SIZES = {"small": (16, 22), "large": (30, 40)}  # side length range in pixels at 128 px
+SCENES = ("beach", "forest", "city", "snow")
+SCENE_PHRASES = {"beach": "on the beach", "forest": "in the forest", "city": "in the city", "snow": "in the snow"}
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Size and seed of a generated world. Split sizes are image counts."""
+
+    n_train: int = 1600
+    n_val: int = 200
+    n_test: int = 200
+    image_size: int = 128
+    max_objects: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class WorldObject:
+    shape: str
+    color: str
+    size: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+def _draw_background(draw: ImageDraw.ImageDraw, scene: str, size: int, rng: random.Random) -> None:
+    """Paint a textured background whose look identifies the scene (muted colours, so that
+    object colours stay distinct from it)."""
+    if scene == "beach":
+        horizon = int(size * rng.uniform(0.35, 0.5))
+        draw.rectangle([0, 0, size, horizon], fill=(150, 200, 235))
+        draw.rectangle([0, horizon, size, size], fill=(225, 205, 160))
+        for _ in range(4):  # wave lines at the horizon
+            y = horizon + rng.randint(2, 10)
+            draw.line([0, y, size, y], fill=(190, 215, 230), width=1)
+    elif scene == "forest":
+        draw.rectangle([0, 0, size, size], fill=(70, 105, 70))
+        for _ in range(6):  # tree trunks
+            x = rng.randint(0, size)
+            draw.rectangle([x, 0, x + rng.randint(3, 6), size], fill=(95, 75, 55))
+    elif scene == "city":
+        draw.rectangle([0, 0, size, size], fill=(150, 150, 155))
+        x = 0
+        while x < size:  # building silhouettes
+            w, h = rng.randint(10, 24), rng.randint(size // 4, size // 2)
+            draw.rectangle([x, 0, x + w, h], fill=(110, 110, 120))
+            x += w + rng.randint(2, 6)
+    elif scene == "snow":
+        draw.rectangle([0, 0, size, size], fill=(235, 240, 248))
+        for _ in range(40):  # snow flakes
+            x, y = rng.randint(0, size), rng.randint(0, size)
+            draw.ellipse([x, y, x + 2, y + 2], fill=(200, 210, 230))
+    else:
+        raise ValueError(f"unknown scene {scene!r}")
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: WorldObject) -> None:
+    x0, y0, x1, y1 = obj.box
+    fill = COLORS[obj.color]
+    if obj.shape == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    elif obj.shape == "triangle":
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif obj.shape == "star":
+        cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        points = [
+            (cx + (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
+             cy - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5))
+            for k in range(10)
+        ]
+        draw.polygon(points, fill=fill)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def _place_objects(rng: random.Random, cfg: WorldConfig) -> list[WorldObject]:
+    """Sample 1..max_objects non-overlapping objects (rejection sampling on boxes)."""
+    n = rng.randint(1, cfg.max_objects)
+    objects: list[WorldObject] = []
+    for _ in range(200):
+        if len(objects) == n:
+            break
+        size = rng.choice(tuple(SIZES))
+        side = rng.randint(*SIZES[size])
+        x0, y0 = rng.randint(2, cfg.image_size - side - 2), rng.randint(2, cfg.image_size - side - 2)
+        box = (x0, y0, x0 + side, y0 + side)
+        if any(_overlaps(box, o.box, margin=4) for o in objects):
+            continue
+        objects.append(WorldObject(rng.choice(SHAPES), rng.choice(tuple(COLORS)), size, box))
+    return objects
+
+
+def _overlaps(a: tuple[int, ...], b: tuple[int, ...], margin: int) -> bool:
+    return not (a[2] + margin < b[0] or b[2] + margin < a[0] or a[3] + margin < b[1] or b[3] + margin < a[1])
+
+
+def relation(a: WorldObject, b: WorldObject) -> str:
+    """Spatial relation of a to b along the axis where they are furthest apart."""
+    (ax, ay), (bx, by) = a.center, b.center
+    if abs(ax - bx) >= abs(ay - by):
+        return "to the left of" if ax < bx else "to the right of"
+    return "above" if ay < by else "below"
+
+
+def _phrase(obj: WorldObject, with_size: bool) -> str:
+    words = ([obj.size] if with_size else []) + [obj.color, obj.shape]
+    return "a " + " ".join(words)
+
+
+def _listing(objects: list[WorldObject], with_size: bool) -> str:
+    phrases = [_phrase(o, with_size) for o in objects]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def make_captions(objects: list[WorldObject], scene: str, rng: random.Random) -> list[str]:
+    """Five varied captions: listings, a relation, the scene, counts, with and without sizes."""
+    left_to_right = sorted(objects, key=lambda o: o.center[0])
+    where = SCENE_PHRASES[scene]
+    count = COUNT_WORDS[len(objects)]
+    noun = "shape" if len(objects) == 1 else "shapes"
+    a, b = rng.sample(objects, 2) if len(objects) > 1 else (objects[0], None)
+    if b is not None:
+        rel = f"{_phrase(a, True)} {relation(a, b)} {_phrase(b, True)}"
+        rel_plain = f"{_phrase(a, False)} {relation(a, b)} {_phrase(b, False)}"
+    else:
+        rel, rel_plain = f"{_phrase(a, True)} alone", f"{_phrase(a, False)} by itself"
+    shuffled = rng.sample(objects, len(objects))
+    return [
+        f"{_listing(left_to_right, with_size=True)} {where}",
+        f"{rel} {where}",
+        f"a {scene} scene with {_listing(shuffled, with_size=False)}",
+        f"{count} {noun} {where}: {_listing(left_to_right, with_size=False)}",
+        f"{where} there is {rel_plain}",
+    ]
+
+
+def render_image(objects: list[WorldObject], scene: str, cfg: WorldConfig, rng: random.Random) -> Image.Image:
+    image = Image.new("RGB", (cfg.image_size, cfg.image_size))
+    draw = ImageDraw.Draw(image)
+    _draw_background(draw, scene, cfg.image_size, rng)
+    for obj in objects:
+        _draw_object(draw, obj)
+    return image
+
+
+def _split_of(index: int, cfg: WorldConfig) -> str:
+    if index < cfg.n_train:
+        return "train"
+    return "val" if index < cfg.n_train + cfg.n_val else "test"
+
+
+def generate_world(cfg: WorldConfig, out_dir: Path) -> Path:
+    """Write images to ``out_dir/images`` and the Karpathy JSON to ``out_dir/dataset.json``."""
+    image_dir = out_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    sentid = 0
+    total = cfg.n_train + cfg.n_val + cfg.n_test
+    for index in tqdm(range(total), desc="world", unit="img"):
+        rng = random.Random(f"{cfg.seed}-{index}")  # per-image stream: stable when sizes change
+        scene = rng.choice(SCENES)
+        objects = _place_objects(rng, cfg)
+        filename = f"{index:06d}.png"
+        render_image(objects, scene, cfg, rng).save(image_dir / filename)
+        captions = make_captions(objects, scene, rng)
+        sentences = [
+            {"raw": c, "tokens": c.replace(":", "").replace(",", "").split(), "imgid": index, "sentid": sentid + k}
+            for k, c in enumerate(captions)
+        ]
+        entries.append({
+            "filepath": "images", "filename": filename, "imgid": index, "split": _split_of(index, cfg),
+            "sentids": [s["sentid"] for s in sentences], "sentences": sentences, "scene": scene,
+            "objects": [{"shape": o.shape, "color": o.color, "size": o.size, "box": list(o.box)} for o in objects],
+        })
+        sentid += len(sentences)
+    dataset_path = out_dir / "dataset.json"
+    tmp = dataset_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"dataset": "demo_world", "images": entries}))
+    tmp.replace(dataset_path)
+    log.info("wrote %d images to %s", total, out_dir)
+    return dataset_path

@@ -1,0 +1,34 @@
+"""Shared fixtures: small models and data the tests build themselves."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_SAMPLE = ROOT.parent / "shared" / "data" / "real_sample"
+
+
+@pytest.fixture(scope="session")
+def tiny_language(tmp_path_factory):
+    """A tokenizer trained with `tokenizers` and a random 1-layer GPT-2, saved as a folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pipeline.demo_encoders.language import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    captions = ["a red circle on the beach", "a blue square in the snow", "two shapes in the city",
+                "a small green triangle to the left of a large purple star in the forest"] * 5
+    tokenizer = train_tokenizer(captions, vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id))
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from pipeline.datasets import DatasetError, TextConfig, build_manifest, normalize_caption, read_karpathy
+from tests.conftest import REAL_SAMPLE
+
+
+def test_normalize_caption():
+    cfg = TextConfig()
+    assert normalize_caption("A Man, riding 2 waves!", cfg) == "a man riding <num> waves"
+    assert normalize_caption("Two dogs . ", cfg) == "two dogs"
+    assert normalize_caption("Dr. Who  at   3.5 pm.", cfg) == "dr. who at <num> pm"
+    keep = TextConfig(lowercase=False, strip_punctuation=False, numbers_to_token=False)
+    assert normalize_caption("A Man, riding 2 waves!", keep) == "A Man, riding 2 waves!"
+
+
+def _karpathy(tmp_path, images):
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({"dataset": "toy", "images": images}))
+    return path
+
+
+def _entry(imgid, split="train", captions=("A cat.",)):
+    return {"filepath": "x", "filename": f"{imgid}.jpg", "imgid": imgid, "split": split,
+            "sentences": [{"raw": c} for c in captions]}
+
+
+def test_restval_joins_train_and_ids_prefer_cocoid(tmp_path):
+    entry = dict(_entry(0, "restval"), cocoid=391895)
+    manifest = read_karpathy(_karpathy(tmp_path, [entry, _entry(1, "test")]), TextConfig())
+    assert [(e["id"], e["split"], e["path"]) for e in manifest["images"]] == [
+        ("391895", "train", "x/0.jpg"), ("1", "test", "x/1.jpg")]
+    assert manifest["images"][0]["captions"] == ["a cat"]
+
+
+@pytest.mark.parametrize("images, message", [
+    ([_entry(0), _entry(0)], "duplicate image id 0"),
+    ([_entry(0, "dev")], "image 0: unknown split 'dev'"),
+    ([dict(_entry(0), sentences=[])], "image 0: missing 'filename' or 'sentences'"),
+    ([_entry(0, captions=("!!!",))], "image 0: a caption is empty"),
+])
+def test_bad_entries_are_named(tmp_path, images, message):
+    with pytest.raises(DatasetError, match=message):
+        read_karpathy(_karpathy(tmp_path, images), TextConfig())
+
+
+def test_malformed_json_is_named(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(DatasetError, match="broken.json"):
+        read_karpathy(path, TextConfig())
+
+
+@pytest.mark.skipif(not REAL_SAMPLE.exists(), reason=f"real sample data not present at {REAL_SAMPLE}")
+def test_real_karpathy_sample_reads():
+    manifest = build_manifest(REAL_SAMPLE / "dataset.json", REAL_SAMPLE / "images", TextConfig())
+    assert len(manifest["images"]) == 48
+    assert all(len(e["captions"]) >= 5 for e in manifest["images"])
+    assert all((REAL_SAMPLE / "images" / e["path"]).is_file() for e in manifest["images"])

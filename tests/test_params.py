@@ -1,0 +1,53 @@
+import pytest
+
+from pipeline.params import ParamsError, load_params
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "presets/paper.yaml"])
+def test_shipped_parameter_files_validate(name):
+    params = load_params(ROOT / name)
+    assert params.knn.k == 5
+
+
+def test_paper_preset_holds_the_papers_settings():
+    p = load_params(ROOT / "presets/paper.yaml")
+    assert (p.clip.model, p.clip.pretrained, p.model.gpt2) == ("ViT-B-32", "openai", "gpt2")
+    assert (p.train.lr, p.train.lr_decay, p.train.batch_size, p.train.phase1_epochs + p.train.phase2_epochs) == (
+        1e-4, 0.9, 64, 30)
+    assert (p.train.loss.alpha_align, p.train.loss.alpha_gate) == (0.7, 0.3)
+    assert (p.evaluate.decode.method, p.evaluate.decode.beam_size) == ("hybrid", 5)
+    assert (p.regions.roi_output_size, p.regions.rpn_post_nms_top_n_test) == (7, 100)
+
+
+def _write(tmp_path, old, new):
+    text = (ROOT / "params.yaml").read_text()
+    assert old in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = _write(tmp_path, "  k: 5\n", "  k: 5\n  kk: 3\n")
+    with pytest.raises(ParamsError, match=r"knn\.kk: unknown key"):
+        load_params(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = _write(tmp_path, "  k: 5\n", "  k: five\n")
+    with pytest.raises(ParamsError, match=r"knn\.k: expected int"):
+        load_params(path)
+    path = _write(tmp_path, "  gat: true ", "  gat: 1 ")
+    with pytest.raises(ParamsError, match=r"model\.gat: expected bool"):
+        load_params(path)
+
+
+def test_missing_section_is_named(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    start = text.index("\nknn:")
+    end = text.index("\nmodel:")
+    path = tmp_path / "params.yaml"
+    path.write_text(text[:start] + text[end:])
+    with pytest.raises(ParamsError, match="knn"):
+        load_params(path)

@@ -1,0 +1,140 @@
+"""Training and evaluation data over the feature store: datasets and the graph-batching collate.
+
+Nothing here opens HDF5 files by hand: :class:`CachedFeatures` reads through the store's
+:class:`~features.store.FeatureReader`, which opens shards lazily in each worker process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from features.store import FeatureReader
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Where the features are and what configuration they must have been made with."""
+
+    dir: Path
+    shard_size: int
+    image_ids: list[str]
+    expected: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> provenance
+
+
+class CachedFeatures:
+    """Everything the model needs about one image, read from the store by manifest index."""
+
+    KINDS = ("clip_image", "regions", "knn", "clip_text")
+
+    def __init__(self, spec: StoreSpec):
+        self.readers = {kind: FeatureReader(spec.dir, kind, spec.shard_size, len(spec.image_ids),
+                                            spec.expected.get(kind, {})) for kind in self.KINDS}
+
+    def validate(self) -> None:
+        for reader in self.readers.values():
+            reader.validate_all()
+
+    def image(self, index: int) -> dict[str, np.ndarray]:
+        regions, knn = self.readers["regions"], self.readers["knn"]
+        count = int(regions.row(index, "counts"))
+        return {
+            "clip": self.readers["clip_image"].row(index, "embeddings").astype(np.float32),
+            "features": regions.row(index, "features")[:count].astype(np.float32),
+            "scores": regions.row(index, "scores")[:count].astype(np.float32),
+            "labels": regions.row(index, "labels")[:count].astype(np.int64),
+            "neighbors": knn.row(index, "neighbors")[:count],
+            "weights": knn.row(index, "weights")[:count].astype(np.float32),
+            "caption_text": self.readers["clip_text"].captions(index).astype(np.float32),
+        }
+
+
+def tokenize_caption(tokenizer: PreTrainedTokenizerBase, caption: str, max_tokens: int) -> list[int]:
+    """Caption token ids followed by EOS (GPT-2 appends no special tokens itself)."""
+    ids = tokenizer(caption, add_special_tokens=False).input_ids[: max_tokens - 1]
+    return ids + [tokenizer.eos_token_id]
+
+
+class CaptionPairs(Dataset):
+    """One item per (image, reference caption) pair of the given images: the training set."""
+
+    def __init__(self, features: CachedFeatures, indices: list[int], captions: list[list[str]],
+                 tokenizer: PreTrainedTokenizerBase, max_tokens: int):
+        self.features, self.tokenizer, self.max_tokens = features, tokenizer, max_tokens
+        self.pairs = [(i, c, text) for i, caps in zip(indices, captions) for c, text in enumerate(caps)]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        index, c, text = self.pairs[k]
+        item = self.features.image(index)
+        item["text"] = item.pop("caption_text")[c]
+        item["tokens"] = tokenize_caption(self.tokenizer, text, self.max_tokens)
+        item["index"] = index
+        return item
+
+
+class Images(Dataset):
+    """One item per image (for decoding and validation)."""
+
+    def __init__(self, features: CachedFeatures, indices: list[int]):
+        self.features, self.indices = features, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        item = self.features.image(self.indices[k])
+        item["text"] = item.pop("caption_text").mean(axis=0)
+        item["index"] = self.indices[k]
+        return item
+
+
+def graph_edges(neighbors: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Directed K-NN lists (n, K) → symmetric edge list: i ~ j if either picked the other.
+    Returns edge_index (2, E) as (source, target) and weights (E,)."""
+    rows, slots = np.nonzero(neighbors >= 0)
+    src, dst = neighbors[rows, slots].astype(np.int64), rows.astype(np.int64)
+    w = weights[rows, slots]
+    src, dst, w = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([w, w])
+    n = max(len(neighbors), 1)
+    _, first = np.unique(src * n + dst, return_index=True)
+    return np.stack([src[first], dst[first]]), w[first]
+
+
+def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Batch images into one disjoint graph plus padded per-image tensors."""
+    counts = [len(it["features"]) for it in items]
+    offsets = np.cumsum([0] + counts[:-1])
+    edges, edge_weights = zip(*(graph_edges(it["neighbors"], it["weights"]) for it in items))
+    n_max = max(counts)
+    labels = torch.zeros(len(items), n_max, dtype=torch.long)
+    scores = torch.zeros(len(items), n_max)
+    for b, it in enumerate(items):
+        labels[b, :counts[b]] = torch.from_numpy(it["labels"])
+        scores[b, :counts[b]] = torch.from_numpy(it["scores"])
+    batch = {
+        "clip": torch.from_numpy(np.stack([it["clip"] for it in items])),
+        "x": torch.from_numpy(np.concatenate([it["features"] for it in items])),
+        "node_batch": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
+        "edge_index": torch.from_numpy(np.concatenate([e + o for e, o in zip(edges, offsets)], axis=1)),
+        "edge_weight": torch.from_numpy(np.concatenate(edge_weights)),
+        "labels": labels, "scores": scores,
+        "text": torch.from_numpy(np.stack([it["text"] for it in items])),
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+    if "tokens" in items[0]:
+        length = max(len(it["tokens"]) for it in items)
+        tokens = torch.full((len(items), length), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(items), length, dtype=torch.long)
+        for b, it in enumerate(items):
+            tokens[b, :len(it["tokens"])] = torch.tensor(it["tokens"])
+            mask[b, :len(it["tokens"])] = 1
+        batch["tokens"], batch["mask"] = tokens, mask
+    return batch

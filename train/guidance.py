@@ -1,0 +1,45 @@
+"""Multi-scale semantic guidance (METHOD.md §5, eqs. 11-12)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class GlobalGuidance(nn.Module):
+    """Eq. 11: W_global = softmax(f_fused E_globalᵀ / √d) E_global, over a fixed keyword bank."""
+
+    def __init__(self, bank: torch.Tensor):
+        super().__init__()
+        self.register_buffer("bank", bank)  # (S, d) CLIP text embeddings of the scene keywords
+
+    def forward(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fused (B, d) → guide (B, d), attention over the bank (B, S)."""
+        attention = torch.softmax(fused @ self.bank.T / math.sqrt(self.bank.shape[1]), dim=-1)
+        return attention @ self.bank, attention
+
+
+class LocalGuidance(nn.Module):
+    """Eq. 12: W_local = sigmoid(W_g [f_fused; f_local_text]) ⊙ f_local_text (a per-dimension gate)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Linear(2 * dim, dim)
+
+    def forward(self, fused: torch.Tensor, local_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fused, local_text (B, d) → guide (B, d), gate activations (B, d)."""
+        gate = torch.sigmoid(self.gate(torch.cat([fused, local_text], dim=-1)))
+        return gate * local_text, gate
+
+
+def pool_local_keywords(bank: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """f_local_text: the weighted mean of the object-bank embeddings of an image's region labels.
+
+    bank (C, d); labels (B, N) label ids (0 = background/padding, ignored); weights (B, N) ≥ 0
+    (region scores) → (B, d). An image without any labelled region gets a zero vector: it has no
+    local keywords, which is a fact about the image, not a missing feature.
+    """
+    w = weights * (labels > 0)
+    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-6)
+    return torch.einsum("bn,bnd->bd", w, bank[labels])

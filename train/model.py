@@ -1,0 +1,135 @@
+"""The captioner: GAT-LFE → fusion → multi-scale semantic guidance → prefix mapping → GPT-2.
+
+METHOD.md, eqs. 7-15. Everything upstream (CLIP, detector, KNN graphs, keyword embeddings) is
+read from the feature store; this module holds only what trains.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch_geometric.utils import scatter
+from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from train.gat import GATEncoder
+from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every key is documented in params.yaml (section ``model``)."""
+
+    gpt2: str = "gpt2"
+    gat: bool = True
+    gat_hidden: int = 128
+    gat_heads: int = 4
+    gat_layers: int = 2
+    gat_dropout: float = 0.1
+    gat_edge_weights: bool = True
+    global_guidance: bool = True
+    local_guidance: bool = True
+    local_pooling: str = "score"  # score | uniform: how region keywords are weighted into f_local_text
+    prefix_length: int = 10
+    mapping_hidden: int = 0  # 0 = ClipCap's (prefix_length * h) // 2
+
+
+@dataclass(frozen=True)
+class FeatureDims:
+    """Shapes the model takes from the store."""
+
+    clip: int  # d: CLIP embedding width
+    region: int  # D: region feature width
+    scene_bank: int  # S: global keywords
+    object_bank: int  # C: object keywords (label ids)
+
+
+@dataclass
+class Prefix:
+    embeddings: torch.Tensor  # (B, L_p, h)
+    fused: torch.Tensor  # (B, d) f_fused, for L_align
+    gate: torch.Tensor | None  # (B, d) local gate activations, for L_gate
+    scene_attention: torch.Tensor | None  # (B, S)
+
+
+class Captioner(nn.Module):
+    def __init__(self, cfg: ModelConfig, dims: FeatureDims, gpt2: GPT2LMHeadModel,
+                 tokenizer: PreTrainedTokenizerBase, scene_bank: torch.Tensor | None = None,
+                 object_bank: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg, self.dims, self.gpt2, self.tokenizer = cfg, dims, gpt2, tokenizer
+        d, h = dims.clip, gpt2.config.n_embd
+        self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
+                               cfg.gat_edge_weights) if cfg.gat else None)
+        region_out = self.gat.out_dim if self.gat else dims.region
+        self.fuse = nn.Linear(d + region_out, d)  # eq. 10: W_fused
+        zeros = lambda n: torch.zeros(n, d)  # noqa: E731 - placeholder until banks are loaded
+        self.global_guidance = (GlobalGuidance(scene_bank if scene_bank is not None else zeros(dims.scene_bank))
+                                if cfg.global_guidance else None)
+        self.local_guidance = LocalGuidance(d) if cfg.local_guidance else None
+        if cfg.local_guidance:
+            self.register_buffer("object_bank", object_bank if object_bank is not None else zeros(dims.object_bank))
+        c_dim = d * (1 + cfg.global_guidance + cfg.local_guidance)  # eq. 13: C_fused
+        hidden = cfg.mapping_hidden or (cfg.prefix_length * h) // 2
+        self.mapping = nn.Sequential(  # eq. 14: ClipCap's MLP to L_p prefix embeddings
+            nn.Linear(c_dim, hidden), nn.Tanh(), nn.Linear(hidden, cfg.prefix_length * h))
+
+    def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
+        n_images = batch["clip"].shape[0]
+        x = batch["x"]  # (V, D) all regions of the batch
+        if self.gat is not None:
+            x, _ = self.gat(x, batch["edge_index"], batch["edge_weight"])  # (V, hidden*heads)
+        regions = scatter(x, batch["node_batch"], dim=0, dim_size=n_images, reduce="mean")  # (B, ·)
+        fused = self.fuse(torch.cat([batch["clip"], regions], dim=-1))  # (B, d)
+        parts, gate, scene_attention = [fused], None, None
+        if self.global_guidance is not None:
+            guide, scene_attention = self.global_guidance(fused)
+            parts.append(guide)
+        if self.local_guidance is not None:
+            weights = batch["scores"] if self.cfg.local_pooling == "score" else torch.ones_like(batch["scores"])
+            local_text = pool_local_keywords(self.object_bank, batch["labels"], weights)  # (B, d)
+            guide, gate = self.local_guidance(fused, local_text)
+            parts.append(guide)
+        embeddings = self.mapping(torch.cat(parts, dim=-1)).view(n_images, self.cfg.prefix_length, -1)
+        return Prefix(embeddings, fused, gate, scene_attention)
+
+    def caption_logits(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: prefix (B, L_p, h), tokens/mask (B, T) → logits for the tokens (B, T, V)."""
+        embeds = torch.cat([prefix, self.gpt2.transformer.wte(tokens)], dim=1)
+        attention = torch.cat([torch.ones(prefix.shape[:2], dtype=mask.dtype, device=mask.device), mask], dim=1)
+        logits = self.gpt2(inputs_embeds=embeds, attention_mask=attention).logits
+        return logits[:, prefix.shape[1] - 1:-1]  # position t predicts token t
+
+    def save(self, folder: Path, extra: dict | None = None) -> None:
+        """One self-describing folder: config.json, weights.safetensors, gpt2/ (with tokenizer)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.gpt2.save_pretrained(folder / "gpt2")
+        self.tokenizer.save_pretrained(folder / "gpt2")
+        state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("gpt2.")}
+        save_file(state, str(folder / "weights.safetensors"))
+        config = {"model": asdict(self.cfg), "dims": asdict(self.dims), **(extra or {})}
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_gpt2(name_or_folder: str) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBase]:
+    """GPT-2 and its tokenizer from a local folder (or a hub name where a hub is reachable)."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return GPT2LMHeadModel.from_pretrained(name_or_folder), tokenizer
+
+
+def load_captioner(folder: Path) -> tuple[Captioner, dict]:
+    """Load a folder written by :meth:`Captioner.save`; returns the model and its config."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    gpt2, tokenizer = load_gpt2(str(folder / "gpt2"))
+    model = Captioner(ModelConfig(**config["model"]), FeatureDims(**config["dims"]), gpt2, tokenizer)
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "weights.safetensors")), strict=False)
+    if unexpected or any(not k.startswith("gpt2.") for k in missing):
+        raise ValueError(f"{folder}: weights do not fit the config (missing {missing}, unexpected {unexpected})")
+    return model.eval(), config
