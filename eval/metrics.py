@@ -11,11 +11,11 @@ import logging
 import shutil
 from pathlib import Path
 
-import pycocoevalcap
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice import spice as spice_module
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 def spice_unavailable_reason() -> str | None:
     """None when SPICE can run; otherwise why not."""
-    lib = Path(pycocoevalcap.__file__).parent / "spice" / "lib"
+    lib = Path(spice_module.__file__).parent / "lib"
     missing = [jar for jar in SPICE_JARS if not (lib / jar).is_file()]
     if missing:
         return f"Stanford CoreNLP jars missing from {lib}: {', '.join(missing)} (place them there to enable SPICE)"
@@ -49,9 +49,7 @@ def coco_scores(references: dict[str, list[str]], candidates: dict[str, str]) ->
     scorers = [(Bleu(4), ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"]), (Meteor(), ["METEOR"]),
                (Rouge(), ["ROUGE-L"]), (Cider(), ["CIDEr"])]
     if spice_unavailable_reason() is None:
-        from pycocoevalcap.spice.spice import Spice
-
-        scorers.append((Spice(), ["SPICE"]))
+        scorers.append((spice_module.Spice(), ["SPICE"]))
     ids = list(gts)  # the order every scorer iterates in
     corpus, per_image = {}, {}
     for scorer, names in scorers:

@@ -1,0 +1,128 @@
+"""CLIP and detector loading through the real-weights code path, with small models the tests
+build and save themselves; extraction on generated and real images."""
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torchvision.transforms.functional import to_tensor
+
+from features.clip import ClipConfig, encode_images, encode_texts, load_clip
+from features.images import ImageError, load_rgb
+from features.regions import DetectorConfig, build_detector, detect_regions, load_detector, pad_regions
+from pipeline.demo_encoders.clip import clip_config
+from pipeline.demo_encoders.language import train_tokenizer
+from tests.conftest import REAL_SAMPLE
+
+CLASSES = ["__background__", "circle", "square"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = train_tokenizer(["a red circle", "a blue square on the beach"] * 4, vocab_size=280)
+    tokenizer.save_pretrained(folder / "tok")
+    config = clip_config(len(tokenizer), tokenizer.eos_token_id)
+    config["vision_cfg"].update(layers=1, width=32, head_width=16, image_size=64)
+    config["text_cfg"].update(layers=1, width=32, heads=2)
+    config["embed_dim"] = 24
+    (folder / "test-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder / "test-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("test-clip")
+    save_file(model.state_dict(), str(folder / "test-clip.safetensors"))
+    return ClipConfig(model="test-clip", pretrained=str(folder / "test-clip.safetensors"),
+                      config_file=str(folder / "test-clip.json"), tokenizer=str(folder / "tok")), model
+
+
+def _images(tmp_path, n=3):
+    paths = []
+    for i in range(n):
+        image = Image.new("RGB", (96 + 16 * i, 80), (40 * i, 100, 200))
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    return paths
+
+
+def test_clip_loads_local_weights_and_embeds(tiny_clip, tmp_path):
+    cfg, reference = tiny_clip
+    clip = load_clip(cfg, torch.device("cpu"))
+    assert clip.dim == 24
+    for a, b in zip(clip.model.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b)  # the file's weights, not a fresh initialisation
+    paths = _images(tmp_path)
+    images = encode_images(clip, paths, batch_size=2, num_workers=0)
+    alone = encode_images(clip, paths[1:2], batch_size=1, num_workers=0)
+    np.testing.assert_allclose(images[1], alone[0], atol=1e-5)  # batching does not change results
+    texts = encode_texts(clip, ["a red circle", "a blue square", "a red circle"], batch_size=2)
+    assert texts.shape == (3, 24) and np.allclose(texts[0], texts[2], atol=1e-5) and not np.allclose(texts[0], texts[1], atol=1e-2)
+    assert cfg.identity()["clip.weights"].startswith("sha256:")
+
+
+def test_clip_config_mismatch_is_named(tiny_clip):
+    cfg, _ = tiny_clip
+    with pytest.raises(ValueError, match="clip.model is 'other'"):
+        load_clip(ClipConfig(model="other", pretrained=cfg.pretrained, config_file=cfg.config_file),
+                  torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("det")
+    cfg = DetectorConfig(arch="demo_tiny", min_size=96, max_size=128, anchor_sizes=[[16, 32]],
+                         box_score_thresh=0.0, max_regions=6, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20)
+    torch.manual_seed(0)
+    save_file(build_detector(cfg, len(CLASSES)).state_dict(), str(folder / "det.safetensors"))
+    (folder / "classes.json").write_text(json.dumps(CLASSES))
+    return DetectorConfig(**{**cfg.__dict__, "weights": str(folder / "det.safetensors"),
+                             "classes": str(folder / "classes.json")})
+
+
+def test_detector_regions_belong_to_final_boxes(tiny_detector, tmp_path):
+    model, names = load_detector(tiny_detector, torch.device("cpu"))
+    assert names == CLASSES
+    images = [to_tensor(load_rgb(p)) for p in _images(tmp_path)]
+    regions = detect_regions(model, images)
+    for r, image in zip(regions, images):
+        assert 1 <= len(r.features) <= 6 and r.features.shape[1] == 256
+        assert len(r.boxes) == len(r.scores) == len(r.labels) == len(r.features)
+        h, w = image.shape[-2:]
+        assert (r.boxes[:, 2] <= w + 1e-3).all() and (r.boxes[:, 3] <= h + 1e-3).all()
+    arrays = pad_regions(regions, n_max=6)
+    assert arrays["features"].shape == (3, 6, 256) and arrays["features"].dtype == np.float16
+    assert (arrays["features"][0, arrays["counts"][0]:] == 0).all()
+
+
+def test_no_detection_falls_back_to_the_whole_image(tiny_detector, tmp_path):
+    cfg = DetectorConfig(**{**tiny_detector.__dict__, "box_score_thresh": 1.01})  # nothing passes
+    model, _ = load_detector(cfg, torch.device("cpu"))
+    (r,) = detect_regions(model, [to_tensor(load_rgb(_images(tmp_path, 1)[0]))])
+    assert r.boxes.tolist() == [[0, 0, 96, 80]] and r.scores.tolist() == [0] and r.labels.tolist() == [0]
+
+
+def test_missing_weights_and_unknown_arch_are_named(tiny_detector):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_detector(DetectorConfig(**{**tiny_detector.__dict__, "weights": "nope.safetensors"}), torch.device("cpu"))
+    with pytest.raises(KeyError, match="regions.arch"):
+        build_detector(DetectorConfig(arch="yolo"), 3)
+
+
+def test_unreadable_image_is_named(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="broken.jpg"):
+        load_rgb(bad)
+
+
+@pytest.mark.skipif(not REAL_SAMPLE.exists(), reason=f"real sample data not present at {REAL_SAMPLE}")
+def test_real_jpegs_run_through_both_extractors(tiny_clip, tiny_detector):
+    paths = sorted((REAL_SAMPLE / "images").rglob("*.jpg"))[:3]
+    clip = load_clip(tiny_clip[0], torch.device("cpu"))
+    assert np.isfinite(encode_images(clip, paths, batch_size=3, num_workers=0)).all()
+    model, _ = load_detector(tiny_detector, torch.device("cpu"))
+    for path, r in zip(paths, detect_regions(model, [to_tensor(load_rgb(p)) for p in paths])):
+        w, h = Image.open(path).size
+        assert (r.boxes[:, 2] <= w + 1e-3).all() and np.isfinite(r.features).all()

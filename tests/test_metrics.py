@@ -1,0 +1,44 @@
+"""The metric wiring equals pycocoevalcap called directly."""
+import pytest
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+from eval.metrics import cider, coco_scores, spice_unavailable_reason
+
+REFS = {
+    "1": ["a red circle on the beach", "a small red circle by the sea", "the beach has a red circle"],
+    "2": ["two blue squares in the snow", "blue squares on snow", "a snowy scene with two squares"],
+    "3": ["a man riding a wave on a surfboard", "a surfer in the ocean", "a person surfing a big wave"],
+}
+CANDS = {"1": "a red circle on the beach", "2": "a blue square in the snow", "3": "a dog on a couch"}
+
+
+def test_scores_equal_pycocoevalcap_directly():
+    scores, per_image = coco_scores(REFS, CANDS)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in REFS.items()})
+    res = tok.tokenize({k: [{"caption": v}] for k, v in CANDS.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res)
+    assert [scores[f"BLEU-{n}"] for n in range(1, 5)] == pytest.approx(bleu)
+    assert scores["METEOR"] == pytest.approx(Meteor().compute_score(gts, res)[0])
+    assert scores["ROUGE-L"] == pytest.approx(Rouge().compute_score(gts, res)[0])
+    direct_cider, direct_per_image = Cider().compute_score(gts, res)
+    assert scores["CIDEr"] == pytest.approx(direct_cider) == pytest.approx(cider(REFS, CANDS))
+    assert [per_image["CIDEr"][k] for k in gts] == pytest.approx(list(direct_per_image))
+    assert per_image["CIDEr"]["1"] > per_image["CIDEr"]["3"]
+
+
+def test_spice_is_reported_not_downloaded():
+    reason = spice_unavailable_reason()
+    scores, _ = coco_scores(REFS, CANDS)
+    assert ("SPICE" in scores) == (reason is None)
+    if reason:
+        assert "stanford-corenlp-3.6.0" in reason
+
+
+def test_mismatched_ids_are_refused():
+    with pytest.raises(ValueError, match="same image ids"):
+        coco_scores(REFS, {"1": "x"})

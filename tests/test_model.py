@@ -1,0 +1,106 @@
+"""The captioner on small synthetic batches: shapes, gradients, ablation switches, decoding, save/load."""
+import numpy as np
+import pytest
+import torch
+
+from train.data import collate, graph_edges
+from train.decode import DecodeConfig, decode
+from train.losses import LossConfig, total_loss
+from train.model import Captioner, FeatureDims, ModelConfig, load_captioner, load_gpt2
+
+D_CLIP, D_REGION, SCENES, OBJECTS = 16, 24, 6, 5
+
+
+def _items(n=3, seed=0, tokenizer=None):
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        count = [4, 1, 7][i % 3]
+        neighbors = np.array([[j for j in range(count) if j != r][:2] + [-1] * (2 - min(2, count - 1)) for r in range(count)])
+        item = {
+            "clip": rng.normal(size=D_CLIP).astype(np.float32),
+            "features": rng.normal(size=(count, D_REGION)).astype(np.float32),
+            "scores": rng.uniform(size=count).astype(np.float32),
+            "labels": rng.integers(0, OBJECTS, size=count),
+            "neighbors": neighbors.astype(np.int32), "weights": np.full(neighbors.shape, 0.5, np.float32),
+            "text": rng.normal(size=D_CLIP).astype(np.float32), "index": i,
+        }
+        if tokenizer is not None:
+            item["tokens"] = tokenizer("a red circle on the beach", add_special_tokens=False).input_ids + [
+                tokenizer.eos_token_id]
+        items.append(item)
+    return items
+
+
+def _model(tiny_language, **overrides) -> Captioner:
+    torch.manual_seed(0)
+    gpt2, tokenizer = load_gpt2(str(tiny_language))
+    cfg = ModelConfig(gpt2=str(tiny_language), gat_hidden=8, gat_heads=2, prefix_length=3, **overrides)
+    dims = FeatureDims(clip=D_CLIP, region=D_REGION, scene_bank=SCENES, object_bank=OBJECTS)
+    return Captioner(cfg, dims, gpt2, tokenizer, torch.randn(SCENES, D_CLIP), torch.randn(OBJECTS, D_CLIP))
+
+
+def test_graph_edges_are_symmetric_and_unique():
+    neighbors = np.array([[1, 2], [0, -1], [-1, -1]])
+    weights = np.array([[0.9, 0.4], [0.9, 0.0], [0.0, 0.0]], np.float32)
+    edges, w = graph_edges(neighbors, weights)
+    pairs = {(int(s), int(t)): float(x) for (s, t), x in zip(edges.T, w)}
+    assert pairs == pytest.approx({(1, 0): 0.9, (0, 1): 0.9, (2, 0): 0.4, (0, 2): 0.4})
+
+
+def test_collate_offsets_graphs(tiny_language):
+    batch = collate(_items())
+    assert batch["x"].shape == (12, D_REGION) and batch["node_batch"].tolist() == [0] * 4 + [1] + [2] * 7
+    assert batch["edge_index"].max() < 12 and batch["labels"].shape == (3, 7)
+    src, dst = batch["edge_index"]
+    assert (batch["node_batch"][src] == batch["node_batch"][dst]).all()  # no edge crosses images
+
+
+def test_prefix_shapes_and_every_parameter_gets_a_gradient(tiny_language):
+    model = _model(tiny_language)
+    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    prefix = model.prefix(batch)
+    assert prefix.embeddings.shape == (3, 3, model.gpt2.config.n_embd)
+    assert prefix.fused.shape == prefix.gate.shape == (3, D_CLIP) and prefix.scene_attention.shape == (3, SCENES)
+    parts = total_loss(model, batch, LossConfig(align="infonce"))
+    parts["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("switch, module", [("gat", "gat"), ("global_guidance", "global_guidance"),
+                                            ("local_guidance", "local_guidance")])
+def test_ablation_switches_remove_their_module(tiny_language, switch, module):
+    full, ablated = _model(tiny_language), _model(tiny_language, **{switch: False})
+    assert getattr(full, module) is not None and getattr(ablated, module) is None
+    assert not any(n.startswith(module + ".") for n, _ in ablated.named_parameters())
+    batch = collate(_items(tokenizer=ablated.tokenizer))
+    assert ablated.prefix(batch).embeddings.shape == (3, 3, ablated.gpt2.config.n_embd)
+    assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_overfits_a_handful_of_samples(tiny_language):
+    model = _model(tiny_language)
+    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = total_loss(model, batch, LossConfig())["gen"]
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05 < first
+    model.eval()
+    for method in ("greedy", "beam", "hybrid"):
+        assert decode(model, batch, DecodeConfig(method=method, beam_size=3, greedy_tokens=2)) == [
+            "a red circle on the beach"] * 3
+
+
+def test_save_and_load_give_the_same_prefix(tiny_language, tmp_path):
+    model = _model(tiny_language).eval()
+    model.save(tmp_path / "captioner", extra={"note": 1})
+    loaded, config = load_captioner(tmp_path / "captioner")
+    batch = collate(_items())
+    torch.testing.assert_close(loaded.prefix(batch).embeddings, model.prefix(batch).embeddings)
+    assert config["note"] == 1 and config["model"]["prefix_length"] == 3
