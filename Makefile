@@ -27,7 +27,7 @@ java:
 	  fi; }
 
 repro: $(STAMP) java
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/dvc metrics show
 
 test: $(STAMP) java

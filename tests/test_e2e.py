@@ -1,0 +1,90 @@
+"""End to end through the real `dvc repro` on a tiny world, in a temporary copy of the project."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+DVC = Path(sys.executable).parent / "dvc"
+
+
+def _project_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def _dvc(project: Path, *args: str) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="2", PATH=f"{DVC.parent}:{os.environ['PATH']}")
+    result = subprocess.run([str(DVC), *args], cwd=project, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def _stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w]+)'", output))
+
+
+def _set(project: Path, updates: dict) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in updates.items():
+        *parents, key = dotted.split(".")
+        node = params
+        for p in parents:
+            node = node[p]
+        node[key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    if not DVC.exists():
+        pytest.skip(f"dvc is not installed next to {sys.executable}")
+    project = tmp_path_factory.mktemp("project")
+    for name in _project_files():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, project / name)
+    for generated in ("dvc.lock", "results", "dvclive"):
+        shutil.rmtree(project / generated, ignore_errors=True) if (project / generated).is_dir() else (
+            project / generated).unlink(missing_ok=True)
+    _set(project, {"world.n_train": 24, "world.n_val": 6, "world.n_test": 6, "store.shard_size": 16,
+                   "store.num_workers": 0, "train.phase1_epochs": 1, "train.phase2_epochs": 1,
+                   "train.val_images": 0, "train.batch_size": 32, "evaluate.decode.beam_size": 2})
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tiny world"]):  # dvclive wants a commit
+        subprocess.run(git + command, cwd=project, check=True)
+    return project
+
+
+def test_repro_runs_every_stage_and_writes_metrics(project):
+    output = _dvc(project, "repro")
+    assert _stages_run(output) == {"world", "prepare", "clip_image", "regions", "clip_text", "knn", "train", "evaluate"}
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
+        assert 0 <= metrics[name] < 10
+    assert metrics["n_images"] == 6 and ("SPICE" in metrics or "SPICE_unavailable" in metrics)
+    captions = json.loads((project / "results/captions.json").read_text())
+    assert len(captions) == 6 and all(isinstance(c["caption"], str) for c in captions)
+    assert (project / "models/captioner/config.json").exists()
+    assert sorted(p.name for p in (project / "data/features/regions").iterdir()) == ["shard-00000.h5", "shard-00001.h5",
+                                                                                    "shard-00002.h5"]
+    shown = _dvc(project, "metrics", "show")
+    assert "CIDEr" in shown
+
+
+def test_second_repro_does_nothing(project):
+    assert _stages_run(_dvc(project, "repro")) == set()
+
+
+def test_train_parameter_reruns_only_train_and_evaluate(project):
+    _set(project, {"train.lr": 0.002})
+    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate"}
+    _set(project, {"knn.k": 3})
+    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate"}
