@@ -16,12 +16,13 @@ from typing import Callable, Sequence
 import numpy as np
 import open_clip
 import torch
-from tqdm import tqdm
 
 from features.images import image_batches
 from features.weights import weights_identity
 
 log = logging.getLogger(__name__)
+
+VERSION = 1  # bump when a change here changes the embeddings produced (recorded in provenance)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class ClipConfig:
         """What the produced embeddings depend on (stored as provenance, checked by readers)."""
         config = Path(self.config_file).read_text() if self.config_file else ""
         return {"clip.model": self.model, "clip.weights": weights_identity(self.pretrained),
-                "clip.config": config, "clip.tokenizer": weights_identity(self.tokenizer) if self.tokenizer else ""}
+                "clip.config": config, "clip.tokenizer": weights_identity(self.tokenizer) if self.tokenizer else "",
+                "clip.code_version": VERSION}
 
 
 @dataclass
@@ -72,20 +74,29 @@ def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
 
 
 @torch.no_grad()
-def encode_images(clip: Clip, paths: Sequence[Path], batch_size: int, num_workers: int) -> np.ndarray:
-    """CLIP global embeddings (n, d), float32, unnormalised, in the order of ``paths``."""
-    out = np.zeros((len(paths), clip.dim), np.float32)
-    loader = image_batches(paths, clip.preprocess, batch_size, num_workers)
-    for indices, images in tqdm(loader, desc="clip_image", unit="batch", leave=False):
-        out[indices.numpy()] = clip.model.encode_image(images.to(clip.device)).float().cpu().numpy()
-    return out
+def encode_images(clip: Clip, paths: Sequence[Path], batch_size: int, num_workers: int,
+                  progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+    """CLIP global embeddings (n, d) float32, unnormalised, in the order of ``paths``, and the
+    unusable files as {index: reason}; their rows are NaN."""
+    out = np.full((len(paths), clip.dim), np.nan, np.float32)
+    errors: dict[int, str] = {}
+    max_side = 4 * max(clip.model.visual.image_size)  # decode huge photos at reduced size
+    for batch in image_batches(paths, clip.preprocess, batch_size, num_workers, max_side):
+        good = [d for d in batch if d.image is not None]
+        errors.update({d.index: d.error for d in batch if d.image is None})
+        if good:
+            images = torch.stack([d.image for d in good]).to(clip.device)
+            out[[d.index for d in good]] = clip.model.encode_image(images).float().cpu().numpy()
+        if progress:
+            progress(len(batch))
+    return out, errors
 
 
 @torch.no_grad()
 def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int) -> np.ndarray:
     """CLIP text embeddings (n, d), float32, unnormalised."""
     out = np.zeros((len(texts), clip.dim), np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc="clip_text", unit="batch", leave=False):
+    for start in range(0, len(texts), batch_size):
         tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
         out[start:start + len(tokens)] = clip.model.encode_text(tokens).float().cpu().numpy()
     return out

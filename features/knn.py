@@ -29,7 +29,12 @@ class KnnConfig:
     backend: str = "torch"  # torch | faiss
     batch_images: int = 4096
 
+    def identity(self) -> dict:
+        """What the graphs depend on; the backend is left out: both give the same neighbours."""
+        return {"knn": {"k": self.k, "metric": self.metric, "sigma": self.sigma}, "knn.code_version": VERSION}
 
+
+VERSION = 1  # bump when a change here changes the graphs produced (recorded in provenance)
 METRICS = ("cosine", "center")
 BACKENDS = ("torch", "faiss")
 

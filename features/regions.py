@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,11 +25,15 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from features.weights import load_state_dict
+from features.weights import load_state_dict, weights_identity
 
 log = logging.getLogger(__name__)
+
+# Bump when a change to this module changes the features it produces: stored shards record it,
+# and a resumed stage recomputes shards made by another version.
+VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,18 @@ class DetectorConfig:
     rpn_post_nms_top_n_test: int = 100
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
+    min_regions: int = 0  # top up to this many regions with lower-scoring detections
+    min_regions_score: float = 0.01  # ... but none below this score
     max_regions: int = 36
+    feature: str = "box_head"  # box_head (1024-d for R50-FPN) | backbone_pool (RoIAlign on C5: 2048-d)
     batch_size: int = 4
+
+    def identity(self) -> dict:
+        """What the stored regions depend on (provenance): weights hash and every setting that
+        shapes the output (not the batch size)."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("weights", "batch_size")}
+        return {"regions.weights": weights_identity(self.weights), "regions.settings": settings,
+                "regions.code_version": VERSION}
 
 
 def _anchors(cfg: DetectorConfig) -> AnchorGenerator:
@@ -61,8 +75,9 @@ def _common_kwargs(cfg: DetectorConfig) -> dict:
     return dict(
         min_size=cfg.min_size, max_size=cfg.max_size, rpn_anchor_generator=_anchors(cfg),
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        box_score_thresh=cfg.box_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
-        box_detections_per_img=cfg.max_regions,
+        # post-processing keeps candidates down to the top-up floor; _select applies the thresholds
+        box_score_thresh=min(cfg.box_score_thresh, cfg.min_regions_score if cfg.min_regions else cfg.box_score_thresh),
+        box_nms_thresh=cfg.box_nms_thresh, box_detections_per_img=max(cfg.max_regions, cfg.min_regions),
     )
 
 
@@ -147,24 +162,59 @@ class Regions:
     labels: np.ndarray
 
 
-@torch.no_grad()
-def detect_regions(model: FasterRCNN, images: list[torch.Tensor]) -> list[Regions]:
-    """Run the detector by hand so that RoI features belong to the final boxes. ``images`` are
-    (3, H, W) floats in [0, 1]. An image with no detection gets one whole-image box with score 0
-    and label 0 (background), so that every image has at least one node."""
-    original_sizes = [tuple(img.shape[-2:]) for img in images]
+def _detections(model: FasterRCNN, images: list[torch.Tensor]):
+    """Transform, backbone, RPN and RoI heads by hand; returns what feature pooling needs."""
     image_list, _ = model.transform(images)
-    features = model.backbone(image_list.tensors)
+    backbone = model.backbone
+    if hasattr(backbone, "body") and hasattr(backbone, "fpn"):  # keep the last backbone stage (C5)
+        stages = backbone.body(image_list.tensors)
+        features, last_stage = backbone.fpn(stages), list(stages.values())[-1]
+    else:
+        features = backbone(image_list.tensors)
+        last_stage = features if isinstance(features, torch.Tensor) else list(features.values())[-1]
     if isinstance(features, torch.Tensor):
         features = OrderedDict([("0", features)])
     proposals, _ = model.rpn(image_list, features)
     detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-    boxes = [_with_fallback(d["boxes"], size) for d, size in zip(detections, image_list.image_sizes)]
-    pooled = model.roi_heads.box_roi_pool(features, boxes, image_list.image_sizes)
-    region_features = model.roi_heads.box_head(pooled).split([len(b) for b in boxes])
+    return image_list, features, last_stage, detections
+
+
+def _select(det: dict[str, torch.Tensor], cfg: DetectorConfig) -> torch.Tensor:
+    """Indices of the kept detections (sorted by score, as torchvision returns them): those above
+    ``box_score_thresh``, topped up to ``min_regions`` with the best of the rest."""
+    above = (det["scores"] >= cfg.box_score_thresh).nonzero().flatten()
+    if len(above) >= cfg.min_regions:
+        return above[: cfg.max_regions]
+    return torch.arange(min(cfg.min_regions, len(det["scores"])), device=det["scores"].device)
+
+
+def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stage: torch.Tensor,
+                     boxes: list[torch.Tensor], image_list) -> list[torch.Tensor]:
+    if cfg.feature == "box_head":
+        pooled = model.roi_heads.box_roi_pool(features, boxes, image_list.image_sizes)
+        flat = model.roi_heads.box_head(pooled)  # (R, representation size): 1024-d for R50-FPN
+    elif cfg.feature == "backbone_pool":
+        scale = last_stage.shape[-1] / image_list.tensors.shape[-1]
+        pooled = roi_align(last_stage, boxes, cfg.roi_output_size, spatial_scale=scale, sampling_ratio=2)
+        flat = pooled.mean(dim=(2, 3))  # (R, C): 2048-d C5 for ResNet-50
+    else:
+        raise ValueError(f"regions.feature: unknown {cfg.feature!r} (box_head | backbone_pool)")
+    return list(flat.split([len(b) for b in boxes]))
+
+
+@torch.no_grad()
+def detect_regions(model: FasterRCNN, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
+    """Run the detector so that RoI features belong to the final boxes. ``images`` are (3, H, W)
+    floats in [0, 1]; boxes come back in their pixel coordinates. An image with no detection
+    gets one whole-image box with score 0 and label 0 (background): every image has a node."""
+    image_list, features, last_stage, detections = _detections(model, images)
+    kept = [{k: v[_select(d, cfg)] for k, v in d.items()} for d in detections]
+    boxes = [_with_fallback(d["boxes"], size) for d, size in zip(kept, image_list.image_sizes)]
+    region_features = _region_features(model, cfg, features, last_stage, boxes, image_list)
     out = []
-    for det, b, feats, size, orig in zip(detections, boxes, region_features, image_list.image_sizes, original_sizes):
-        scale = torch.tensor([orig[1] / size[1], orig[0] / size[0]] * 2, device=b.device)
+    for det, b, feats, size, image in zip(kept, boxes, region_features, image_list.image_sizes, images):
+        h, w = image.shape[-2:]
+        scale = torch.tensor([w / size[1], h / size[0]] * 2, device=b.device)
         empty = len(det["boxes"]) == 0
         out.append(Regions(
             features=feats.float().cpu().numpy(),
@@ -175,6 +225,12 @@ def detect_regions(model: FasterRCNN, images: list[torch.Tensor]) -> list[Region
     return out
 
 
+def region_dim(model: FasterRCNN, cfg: DetectorConfig) -> int:
+    """Width D of the region features this detector and setting produce (one blank image)."""
+    device = next(model.parameters()).device
+    return detect_regions(model, [torch.zeros(3, 64, 64, device=device)], cfg)[0].features.shape[1]
+
+
 def _with_fallback(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if len(boxes):
         return boxes
@@ -182,15 +238,19 @@ def _with_fallback(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.tensor([[0.0, 0.0, float(w), float(h)]], device=boxes.device)
 
 
-def pad_regions(regions: list[Regions], n_max: int) -> dict[str, np.ndarray]:
-    """Stack detections into the store's padded arrays (rows past ``counts`` are zeros)."""
-    n, dim = len(regions), regions[0].features.shape[1]
+def pad_regions(regions: list[Regions | None], n_max: int, dim: int) -> dict[str, np.ndarray]:
+    """Stack detections into the store's padded arrays. Rows past ``counts`` are zeros (padding);
+    a rejected image (None) has count 0 and NaN features, never a made-up feature."""
+    n = len(regions)
     arrays = {
         "features": np.zeros((n, n_max, dim), np.float16), "boxes": np.zeros((n, n_max, 4), np.float32),
         "scores": np.zeros((n, n_max), np.float16), "labels": np.zeros((n, n_max), np.int32),
         "counts": np.zeros(n, np.int32),
     }
     for i, r in enumerate(regions):
+        if r is None:
+            arrays["features"][i] = np.nan
+            continue
         k = min(len(r.features), n_max)
         arrays["features"][i, :k] = r.features[:k]
         arrays["boxes"][i, :k] = r.boxes[:k]

@@ -22,8 +22,16 @@ clip_text   ``embeddings`` (m, d) float16 over all captions of the shard, ``offs
             int64 — captions of image j are rows offsets[j]:offsets[j+1]
 ==========  =====================================================================================
 
-Every kind also stores ``image_ids`` (n,) as UTF-8 strings, checked against the manifest.
-Keyword banks live in ``<store>/keywords.h5`` (see :func:`write_bank`).
+Every kind also stores ``image_ids`` (n,) as UTF-8 strings, checked against the manifest, and
+``valid`` (n,) bool: False for images rejected at extraction (unreadable, unusable). Rejected
+rows hold NaN, never a made-up feature, and readers refuse to serve them; the reasons are in the
+``rejects`` attribute (JSON list of {id, file, reason}). Keyword banks live in
+``<store>/keywords.h5`` (see :func:`write_bank`).
+
+Ragged regions are stored padded to N_max with a count rather than flat with offsets: with
+N_max = 36 and one image per HDF5 chunk, a training batch reads one contiguous chunk per image
+either way, the padding of zeros compresses away when compression is on, and the padded layout
+keeps every row addressable without an offsets table (the README has the measured sizes).
 """
 from __future__ import annotations
 
@@ -60,8 +68,9 @@ def shard_slices(n_images: int, shard_size: int) -> list[slice]:
 
 
 def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping[str, np.ndarray],
-                provenance: Mapping[str, Any], first_index: int) -> None:
-    """Write one complete shard atomically (temporary file, fsync, rename)."""
+                provenance: Mapping[str, Any], first_index: int, rejects: Sequence[Mapping[str, str]] = ()) -> None:
+    """Write one complete shard atomically (temporary file, fsync, rename). ``rejects`` lists the
+    images of this slice that could not be used, as {"id", "file", "reason"}."""
     if kind not in KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; known: {KINDS}")
     path = Path(path)
@@ -72,7 +81,10 @@ def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["first_index"] = first_index
         f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
+        f.attrs["rejects"] = json.dumps(list(map(dict, rejects)))
         f.create_dataset("image_ids", data=np.asarray(list(image_ids), dtype=object), dtype=_STRING)
+        rejected = {r["id"] for r in rejects}
+        f.create_dataset("valid", data=np.array([i not in rejected for i in image_ids], dtype=bool))
         for name, array in arrays.items():
             f.create_dataset(name, data=array)
     with open(tmp, "rb+") as fh:
@@ -99,7 +111,14 @@ class Shard:
     path: Path
     file: h5py.File
     first_index: int
-    n: int
+    image_ids: list[str]
+    valid: np.ndarray  # (n,) bool
+    rejects: list[dict[str, str]]
+
+    def check_valid(self, row: int) -> None:
+        if not self.valid[row]:
+            reason = next((r["reason"] for r in self.rejects if r["id"] == self.image_ids[row]), "unknown")
+            raise StoreError(f"{self.path}: image {self.image_ids[row]} was rejected at extraction ({reason})")
 
     def read(self, name: str, rows: slice | int | None = None) -> np.ndarray:
         if name not in self.file:
@@ -126,7 +145,7 @@ def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Se
         stored_ids = [s.decode() if isinstance(s, bytes) else s for s in f["image_ids"][()]]
         if image_ids is not None and list(image_ids) != stored_ids:
             raise StoreError(f"{path}: image ids differ from the manifest slice; the manifest changed")
-        return Shard(path, f, int(f.attrs["first_index"]), len(stored_ids))
+        return Shard(path, f, int(f.attrs["first_index"]), stored_ids, f["valid"][()], json.loads(f.attrs["rejects"]))
     except Exception:
         f.close()
         raise
@@ -154,14 +173,23 @@ class FeatureReader:
         for i in range(self.n_shards):
             self.shard(i)
 
+    def is_valid(self, manifest_index: int) -> bool:
+        shard = self.shard(manifest_index // self.shard_size)
+        return bool(shard.valid[manifest_index - shard.first_index])
+
+    def rejects(self) -> list[dict[str, str]]:
+        return [r for i in range(self.n_shards) for r in self.shard(i).rejects]
+
     def row(self, manifest_index: int, name: str) -> np.ndarray:
         shard = self.shard(manifest_index // self.shard_size)
+        shard.check_valid(manifest_index - shard.first_index)
         return shard.read(name, manifest_index - shard.first_index)
 
     def captions(self, manifest_index: int) -> np.ndarray:
         """clip_text only: the caption embeddings of one image, (n_captions, d)."""
         shard = self.shard(manifest_index // self.shard_size)
         j = manifest_index - shard.first_index
+        shard.check_valid(j)
         start, end = shard.read("offsets", slice(j, j + 2))
         return shard.read("embeddings", slice(int(start), int(end)))
 

@@ -42,6 +42,7 @@ class StoreConfig:
     shard_size: int = 1000
     num_workers: int = 2  # DataLoader workers decoding images
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    on_bad_image: str = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,11 @@ def setup(hub_wanted: bool = False) -> None:
 
 
 def device_of(spec: str) -> torch.device:
+    """``auto`` is the GPU of this process's LOCAL_RANK (one process per GPU) when there is one."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
     return torch.device(spec)
 
 

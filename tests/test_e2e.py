@@ -73,14 +73,29 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     captions = json.loads((project / "results/captions.json").read_text())
     assert len(captions) == 6 and all(isinstance(c["caption"], str) for c in captions)
     assert (project / "models/captioner/config.json").exists()
-    assert sorted(p.name for p in (project / "data/features/regions").iterdir()) == ["shard-00000.h5", "shard-00001.h5",
-                                                                                    "shard-00002.h5"]
+    assert sorted(p.name for p in (project / "data/features/regions").iterdir()) == [
+        "rejects.json", "shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    assert json.loads((project / "data/features/regions/rejects.json").read_text()) == []
     shown = _dvc(project, "metrics", "show")
     assert "CIDEr" in shown
 
 
 def test_second_repro_does_nothing(project):
     assert _stages_run(_dvc(project, "repro")) == set()
+
+
+def test_pushed_features_pulled_into_a_clone_need_no_recompute(project, tmp_path):
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    _dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    subprocess.run(git + ["add", "-A"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "features made"], cwd=project, check=True)
+    _dvc(project, "push")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "data/features/regions").exists()
+    _dvc(clone, "pull")
+    assert len(list((clone / "data/features/regions").glob("shard-*.h5"))) == 3
+    assert _stages_run(_dvc(clone, "repro")) == set()
 
 
 def test_train_parameter_reruns_only_train_and_evaluate(project):

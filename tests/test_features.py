@@ -54,8 +54,9 @@ def test_clip_loads_local_weights_and_embeds(tiny_clip, tmp_path):
     for a, b in zip(clip.model.state_dict().values(), reference.state_dict().values()):
         torch.testing.assert_close(a, b)  # the file's weights, not a fresh initialisation
     paths = _images(tmp_path)
-    images = encode_images(clip, paths, batch_size=2, num_workers=0)
-    alone = encode_images(clip, paths[1:2], batch_size=1, num_workers=0)
+    images, errors = encode_images(clip, paths, batch_size=2, num_workers=0)
+    alone, _ = encode_images(clip, paths[1:2], batch_size=1, num_workers=0)
+    assert not errors
     np.testing.assert_allclose(images[1], alone[0], atol=1e-5)  # batching does not change results
     texts = encode_texts(clip, ["a red circle", "a blue square", "a red circle"], batch_size=2)
     assert texts.shape == (3, 24) and np.allclose(texts[0], texts[2], atol=1e-5) and not np.allclose(texts[0], texts[1], atol=1e-2)
@@ -85,21 +86,22 @@ def test_detector_regions_belong_to_final_boxes(tiny_detector, tmp_path):
     model, names = load_detector(tiny_detector, torch.device("cpu"))
     assert names == CLASSES
     images = [to_tensor(load_rgb(p)) for p in _images(tmp_path)]
-    regions = detect_regions(model, images)
+    regions = detect_regions(model, images, tiny_detector)
     for r, image in zip(regions, images):
         assert 1 <= len(r.features) <= 6 and r.features.shape[1] == 256
         assert len(r.boxes) == len(r.scores) == len(r.labels) == len(r.features)
         h, w = image.shape[-2:]
         assert (r.boxes[:, 2] <= w + 1e-3).all() and (r.boxes[:, 3] <= h + 1e-3).all()
-    arrays = pad_regions(regions, n_max=6)
-    assert arrays["features"].shape == (3, 6, 256) and arrays["features"].dtype == np.float16
+    arrays = pad_regions(regions + [None], n_max=6, dim=256)
+    assert arrays["features"].shape == (4, 6, 256) and arrays["features"].dtype == np.float16
     assert (arrays["features"][0, arrays["counts"][0]:] == 0).all()
+    assert arrays["counts"][3] == 0 and np.isnan(arrays["features"][3]).all()  # a rejected image: NaN, not zeros
 
 
 def test_no_detection_falls_back_to_the_whole_image(tiny_detector, tmp_path):
     cfg = DetectorConfig(**{**tiny_detector.__dict__, "box_score_thresh": 1.01})  # nothing passes
     model, _ = load_detector(cfg, torch.device("cpu"))
-    (r,) = detect_regions(model, [to_tensor(load_rgb(_images(tmp_path, 1)[0]))])
+    (r,) = detect_regions(model, [to_tensor(load_rgb(_images(tmp_path, 1)[0]))], cfg)
     assert r.boxes.tolist() == [[0, 0, 96, 80]] and r.scores.tolist() == [0] and r.labels.tolist() == [0]
 
 
@@ -121,8 +123,8 @@ def test_unreadable_image_is_named(tmp_path):
 def test_real_jpegs_run_through_both_extractors(tiny_clip, tiny_detector):
     paths = sorted((REAL_SAMPLE / "images").rglob("*.jpg"))[:3]
     clip = load_clip(tiny_clip[0], torch.device("cpu"))
-    assert np.isfinite(encode_images(clip, paths, batch_size=3, num_workers=0)).all()
+    assert np.isfinite(encode_images(clip, paths, batch_size=3, num_workers=0)[0]).all()
     model, _ = load_detector(tiny_detector, torch.device("cpu"))
-    for path, r in zip(paths, detect_regions(model, [to_tensor(load_rgb(p)) for p in paths])):
+    for path, r in zip(paths, detect_regions(model, [to_tensor(load_rgb(p)) for p in paths], tiny_detector)):
         w, h = Image.open(path).size
         assert (r.boxes[:, 2] <= w + 1e-3).all() and np.isfinite(r.features).all()

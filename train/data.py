@@ -40,6 +40,10 @@ class CachedFeatures:
         for reader in self.readers.values():
             reader.validate_all()
 
+    def is_valid(self, index: int) -> bool:
+        """False for an image rejected at extraction by any stage."""
+        return all(reader.is_valid(index) for reader in self.readers.values())
+
     def image(self, index: int) -> dict[str, np.ndarray]:
         regions, knn = self.readers["regions"], self.readers["knn"]
         count = int(regions.row(index, "counts"))

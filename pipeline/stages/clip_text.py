@@ -10,21 +10,26 @@ from features.regions import load_class_names
 from features.store import write_bank
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of
-from pipeline.stages.common import for_each_shard, load_manifest, start
+from pipeline.stages.common import Rank, for_each_shard, load_manifest, start
 
 
 def main() -> None:
+    rank = Rank.from_args()
     params = start()
     manifest = load_manifest()
     clip = load_clip(params.clip, device_of(params.store.device))
     batch = params.clip.batch_size
 
-    def compute(shard: int, entries: list[dict]) -> dict[str, np.ndarray]:
+    def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         captions = [c for e in entries for c in e["captions"]]
         offsets = np.cumsum([0] + [len(e["captions"]) for e in entries]).astype(np.int64)
-        return {"embeddings": encode_texts(clip, captions, batch).astype(np.float16), "offsets": offsets}
+        embeddings = encode_texts(clip, captions, batch).astype(np.float16)
+        progress(len(entries))
+        return {"embeddings": embeddings, "offsets": offsets}, {}
 
-    for_each_shard(params, manifest, "clip_text", expected(params)["clip_text"], compute)
+    for_each_shard(params, manifest, "clip_text", expected(params)["clip_text"], compute, rank)
+    if rank.index != 0:
+        return  # the keyword banks are written once, by rank 0
 
     classes = load_class_names(params.regions.classes)
     train_captions = [c for e in manifest["images"] if e["split"] == "train" for c in e["captions"]]

@@ -1,15 +1,19 @@
-"""What the stage entry points share: parameters, the manifest, and the shard loop."""
+"""What the stage entry points share: parameters, the manifest, and the resumable shard loop."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from features.store import shard_path, shard_slices, write_shard
+from features.images import ImageError
+from features.store import StoreError, open_shard, shard_path, shard_slices, write_shard
 from pipeline import runtime
 from pipeline.params import Params, load_params
 from pipeline.provenance import expected
@@ -18,6 +22,31 @@ from train.data import CachedFeatures, StoreSpec
 log = logging.getLogger(__name__)
 
 MANIFEST = Path("data/manifest.json")
+
+# compute(shard_index, manifest entries, progress(n_images)) -> (arrays, {row: reason} of rejected rows)
+Compute = Callable[[int, list[dict[str, Any]], Callable[[int], object]], tuple[dict[str, np.ndarray], dict[int, str]]]
+
+
+@dataclass(frozen=True)
+class Rank:
+    """Which shards this process owns: shard i belongs to rank i mod count."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "Rank":
+        """``--shard i/n`` on the command line, else torchrun's RANK/WORLD_SIZE, else 0/1."""
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--shard", default="", help="i/n: compute only shards s with s %% n == i")
+        spec = parser.parse_args(argv).shard
+        if spec:
+            index, count = (int(x) for x in spec.split("/"))
+        else:
+            index, count = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {index}/{count}: need 0 <= i < n")
+        return cls(index, count)
 
 
 def start() -> Params:
@@ -43,18 +72,69 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def _is_current(path: Path, kind: str, provenance: dict[str, Any], ids: list[str]) -> bool:
+    """A shard that exists is complete (atomic writes); it is reused if made for the same images
+    under the same provenance."""
+    if not path.exists():
+        return False
+    try:
+        open_shard(path, kind, provenance, ids).close()
+        return True
+    except (StoreError, OSError) as err:
+        log.info("recomputing %s: %s", path, err)
+        return False
+
+
 def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
-                   compute: Callable[[int, list[dict[str, Any]]], dict[str, np.ndarray]]) -> None:
-    """Compute and write every shard of ``kind``: ``compute(shard_index, entries)`` returns the
-    arrays of one manifest slice, in order."""
-    images = manifest["images"]
+                   compute: Compute, rank: Rank = Rank()) -> None:
+    """Compute and write the shards of ``kind`` that this rank owns and that are missing or stale.
+
+    A stage killed mid-way therefore redoes only unfinished shards, and images appended to a data
+    set only add shards. With ``store.on_bad_image: fail`` the first unusable image stops the stage.
+    """
+    images, store = manifest["images"], Path(params.store.dir)
     slices = shard_slices(len(images), params.store.shard_size)
-    for index, rows in enumerate(tqdm(slices, desc=kind, unit="shard")):
-        entries = images[rows]
-        arrays = compute(index, entries)
-        write_shard(shard_path(Path(params.store.dir), kind, index), kind, [e["id"] for e in entries], arrays,
-                    provenance, first_index=rows.start)
-    log.info("%s: wrote %d shards for %d images", kind, len(slices), len(images))
+    mine = [i for i in range(len(slices)) if i % rank.count == rank.index]
+    todo = [i for i in mine
+            if not _is_current(shard_path(store, kind, i), kind, provenance, [e["id"] for e in images[slices[i]]])]
+    log.info("%s: %d of %d shards to compute (rank %d/%d)", kind, len(todo), len(slices), rank.index, rank.count)
+    with tqdm(total=sum(slices[i].stop - slices[i].start for i in todo), desc=kind, unit="img",
+              smoothing=0.1) as bar:
+        for index in todo:
+            entries = images[slices[index]]
+            arrays, errors = compute(index, entries, bar.update)
+            if errors and params.store.on_bad_image == "fail":
+                raise ImageError(next(iter(errors.values())) + " (store.on_bad_image: fail)")
+            rejects = [{"id": entries[row]["id"], "file": entries[row]["path"], "reason": reason}
+                       for row, reason in sorted(errors.items())]
+            write_shard(shard_path(store, kind, index), kind, [e["id"] for e in entries], arrays, provenance,
+                        first_index=slices[index].start, rejects=rejects)
+    _remove_stale(store, kind, len(slices))
+    _summarize_rejects(store, kind, len(slices))
+
+
+def _remove_stale(store: Path, kind: str, n_shards: int) -> None:
+    """Shards past the end of a data set that shrank."""
+    for path in sorted((store / kind).glob("shard-*.h5")):
+        if int(path.stem.split("-")[1]) >= n_shards:
+            log.info("removing %s: beyond the manifest's %d shards", path, n_shards)
+            path.unlink()
+
+
+def _summarize_rejects(store: Path, kind: str, n_shards: int) -> None:
+    """Once every shard exists, gather the rejected images into ``<kind>/rejects.json``."""
+    paths = [shard_path(store, kind, i) for i in range(n_shards)]
+    if not all(p.exists() for p in paths):
+        return  # other ranks still at work
+    rejects = []
+    for path in paths:
+        shard = open_shard(path, kind, {})
+        rejects += shard.rejects
+        shard.close()
+    write_json(store / kind / "rejects.json", rejects)
+    if rejects:
+        log.warning("%s: %d images rejected and left out (see %s), e.g. %s", kind, len(rejects),
+                    store / kind / "rejects.json", rejects[0]["reason"])
 
 
 def open_features(params: Params, manifest: dict[str, Any]) -> CachedFeatures:
@@ -66,8 +146,9 @@ def open_features(params: Params, manifest: dict[str, Any]) -> CachedFeatures:
     return features
 
 
-def split_indices(manifest: dict[str, Any], split: str, limit: int = 0) -> list[int]:
-    indices = [i for i, e in enumerate(manifest["images"]) if e["split"] == split]
+def split_indices(manifest: dict[str, Any], split: str, features: CachedFeatures, limit: int = 0) -> list[int]:
+    """Manifest indices of a split whose features are all valid (rejected images are left out)."""
+    indices = [i for i, e in enumerate(manifest["images"]) if e["split"] == split and features.is_valid(i)]
     if not indices:
-        raise ValueError(f"the manifest has no {split!r} images")
+        raise ValueError(f"the manifest has no usable {split!r} images")
     return indices[:limit] if limit else indices

@@ -22,7 +22,7 @@ def main() -> None:
         check_provenance(OUT / "config.json", config["features"][kind], record)
     features = open_features(params, manifest)
     images = manifest["images"]
-    indices = split_indices(manifest, params.evaluate.split)
+    indices = split_indices(manifest, params.evaluate.split, features)
     captions = caption_images(model, Images(features, indices), params.evaluate.decode, params.evaluate.batch_size,
                               device_of(params.store.device))
     ids = [images[i]["id"] for i in indices]

@@ -33,10 +33,10 @@ def main() -> None:
     model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank))
 
     images = manifest["images"]
-    train_idx = split_indices(manifest, "train")
+    train_idx = split_indices(manifest, "train", features)
     train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
                              params.train.max_tokens)
-    val_idx = split_indices(manifest, "val", params.train.val_images)
+    val_idx = split_indices(manifest, "val", features, params.train.val_images)
     val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["captions"] for i in val_idx}
     greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
 

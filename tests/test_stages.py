@@ -1,0 +1,125 @@
+"""Feature stages as a user runs them: resumable, incremental, rank-sharded, rejecting bad files."""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from features.store import StoreError, shard_path
+from pipeline.stages import clip_image, knn, prepare, regions, world
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A working folder with the demo parameters shrunk to 10 images in shards of 4."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["world"].update(n_train=6, n_val=2, n_test=2)
+    params["store"].update(shard_size=4, num_workers=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "assets").symlink_to(ROOT / "assets")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["stage"])
+    world.main()
+    prepare.main()
+    return tmp_path
+
+
+def _shards(project, kind):
+    return sorted((project / "data/features" / kind).glob("shard-*.h5"))
+
+
+def _read(path, name):
+    with h5py.File(path, "r") as f:
+        return f[name][()]
+
+
+def test_killed_stage_redoes_only_missing_shards(project):
+    clip_image.main()
+    paths = _shards(project, "clip_image")
+    assert [p.name for p in paths] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    before = {p: p.stat().st_mtime_ns for p in paths}
+    expected = _read(paths[1], "embeddings")
+    paths[1].unlink()  # as if killed before writing shard 1
+    (project / "data/features/clip_image/shard-00002.h5.tmp").write_bytes(b"half written")
+    clip_image.main()
+    assert paths[0].stat().st_mtime_ns == before[paths[0]] and paths[2].stat().st_mtime_ns == before[paths[2]]
+    np.testing.assert_array_equal(_read(paths[1], "embeddings"), expected)
+
+
+def test_changed_provenance_recomputes(project):
+    clip_image.main()
+    path = _shards(project, "clip_image")[0]
+    with h5py.File(path, "a") as f:  # a shard made under other settings
+        record = json.loads(f.attrs["provenance"])
+        f.attrs["provenance"] = json.dumps({**record, "clip.weights": "sha256:other"})
+    clip_image.main()
+    assert json.loads(_read_attr(path, "provenance"))["clip.weights"] != "sha256:other"
+
+
+def _read_attr(path, name):
+    with h5py.File(path, "r") as f:
+        return f.attrs[name]
+
+
+def test_growing_data_set_adds_shards_only(project):
+    clip_image.main()
+    first = {p.name: p.stat().st_mtime_ns for p in _shards(project, "clip_image")}
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["world"]["n_test"] = 6  # 4 more images, appended at the end of the manifest
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    world.main()
+    prepare.main()
+    clip_image.main()
+    now = {p.name: p.stat().st_mtime_ns for p in _shards(project, "clip_image")}
+    assert len(now) == 4
+    assert now["shard-00000.h5"] == first["shard-00000.h5"] and now["shard-00001.h5"] == first["shard-00001.h5"]
+
+
+def test_bad_images_are_rejected_with_reason_and_never_served(project):
+    (project / "data/world/images/000005.png").write_bytes(b"\x89PNG truncated")
+    clip_image.main()
+    regions.main()
+    knn.main()
+    for kind in ("clip_image", "regions", "knn"):
+        (reject,) = json.loads((project / f"data/features/{kind}/rejects.json").read_text())
+        assert reject["id"] == "5" and "000005.png" in reject["reason"]
+    path = shard_path(project / "data/features", "clip_image", 1)
+    assert _read(path, "valid").tolist() == [True, False, True, True]
+    assert np.isnan(_read(path, "embeddings")[1]).all()  # NaN, never a made-up vector
+    from features.store import FeatureReader
+
+    reader = FeatureReader(project / "data/features", "clip_image", 4, 10, {})
+    with pytest.raises(StoreError, match="image 5 was rejected at extraction"):
+        reader.row(5, "embeddings")
+
+
+def test_fail_mode_stops_naming_the_file(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["store"]["on_bad_image"] = "fail"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "data/world/images/000002.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="000002.png"):
+        clip_image.main()
+    assert not _shards(project, "clip_image")  # nothing that looks complete was left behind
+
+
+def test_two_ranks_give_the_single_process_result(project):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.stages.regions", "--shard", f"{i}/2"], cwd=project,
+                              env={**env, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()[-2000:]
+    two = {p.name: {n: _read(p, n) for n in ("features", "boxes", "labels", "counts")} for p in _shards(project, "regions")}
+    for p in _shards(project, "regions"):
+        p.unlink()
+    regions.main()
+    one = {p.name: {n: _read(p, n) for n in ("features", "boxes", "labels", "counts")} for p in _shards(project, "regions")}
+    assert one.keys() == two.keys() and len(one) == 3
+    for name in one:
+        for key in one[name]:
+            np.testing.assert_allclose(one[name][key], two[name][key], atol=1e-3)
