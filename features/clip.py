@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import open_clip
 import torch
+from torch import nn
 
 from features.images import image_batches
 from features.weights import weights_identity
@@ -33,6 +34,7 @@ class ClipConfig:
     pretrained: str = "openai"
     config_file: str = ""
     tokenizer: str = ""
+    cache_tokens: bool = False  # also store the ViT tokens entering the last two blocks (to fine-tune them)
     batch_size: int = 64
 
     def identity(self) -> dict:
@@ -73,22 +75,64 @@ def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
     return Clip(model.eval().to(device), preprocess, tokenizer, device)
 
 
+class LastBlocksInput:
+    """Captures the tokens entering the last ``n`` vision transformer blocks during
+    ``encode_image`` (a forward pre-hook: one pass yields both the embedding and the tokens)."""
+
+    def __init__(self, visual: nn.Module, n: int = 2):
+        self.transformer = visual.transformer
+        self.tokens: torch.Tensor | None = None
+        self.handle = self.transformer.resblocks[-n].register_forward_pre_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        self.tokens = x if getattr(self.transformer, "batch_first", True) else x.transpose(0, 1)  # (B, L, width)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def encode_from_tokens(visual: nn.Module, tokens: torch.Tensor, n: int = 2) -> torch.Tensor:
+    """Finish ``encode_image`` from cached tokens (B, L, width) entering the last ``n`` blocks: the
+    path that fine-tuning those blocks takes."""
+    transformer = visual.transformer
+    x = tokens if getattr(transformer, "batch_first", True) else tokens.transpose(0, 1)
+    for block in transformer.resblocks[-n:]:
+        x = block(x)
+    if not getattr(transformer, "batch_first", True):
+        x = x.transpose(0, 1)
+    pooled, _ = visual._pool(x)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
 @torch.no_grad()
 def encode_images(clip: Clip, paths: Sequence[Path], batch_size: int, num_workers: int,
-                  progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, dict[int, str]]:
-    """CLIP global embeddings (n, d) float32, unnormalised, in the order of ``paths``, and the
-    unusable files as {index: reason}; their rows are NaN."""
-    out = np.full((len(paths), clip.dim), np.nan, np.float32)
+                  progress: Callable[[int], object] | None = None,
+                  with_tokens: bool = False) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """CLIP global embeddings ``embeddings`` (n, d) float32, unnormalised, in the order of
+    ``paths`` (with ``with_tokens`` also ``tokens`` (n, L, width): the ViT tokens entering the
+    last two blocks), and the unusable files as {index: reason}; their rows are NaN."""
+    out = {"embeddings": np.full((len(paths), clip.dim), np.nan, np.float32)}
+    capture = LastBlocksInput(clip.model.visual) if with_tokens else None
     errors: dict[int, str] = {}
     max_side = 4 * max(clip.model.visual.image_size)  # decode huge photos at reduced size
-    for batch in image_batches(paths, clip.preprocess, batch_size, num_workers, max_side):
-        good = [d for d in batch if d.image is not None]
-        errors.update({d.index: d.error for d in batch if d.image is None})
-        if good:
-            images = torch.stack([d.image for d in good]).to(clip.device)
-            out[[d.index for d in good]] = clip.model.encode_image(images).float().cpu().numpy()
-        if progress:
-            progress(len(batch))
+    try:
+        for batch in image_batches(paths, clip.preprocess, batch_size, num_workers, max_side):
+            good = [d for d in batch if d.image is not None]
+            errors.update({d.index: d.error for d in batch if d.image is None})
+            if good:
+                rows = [d.index for d in good]
+                images = torch.stack([d.image for d in good]).to(clip.device)
+                out["embeddings"][rows] = clip.model.encode_image(images).float().cpu().numpy()
+                if capture is not None:
+                    if "tokens" not in out:
+                        out["tokens"] = np.full((len(paths), *capture.tokens.shape[1:]), np.nan, np.float32)
+                    out["tokens"][rows] = capture.tokens.float().cpu().numpy()
+            if progress:
+                progress(len(batch))
+    finally:
+        if capture is not None:
+            capture.remove()
     return out, errors
 
 

@@ -79,9 +79,20 @@ def _knn_torch(points: np.ndarray, counts: np.ndarray, cfg: KnnConfig) -> tuple[
     return neighbors, distances
 
 
+def faiss_knn():
+    """FAISS's exact brute-force search, on the GPU when the installed FAISS has GPU support."""
+    import faiss
+
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        resources = faiss.StandardGpuResources()
+        return lambda queries, base, k, metric: faiss.knn_gpu(resources, queries, base, k, metric=metric)
+    return lambda queries, base, k, metric: faiss.knn(queries, base, k, metric=metric)
+
+
 def _knn_faiss(points: np.ndarray, counts: np.ndarray, cfg: KnnConfig) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
+    search = faiss_knn()
     n, n_max = points.shape[:2]
     neighbors = np.full((n, n_max, cfg.k), -1, np.int32)
     distances = np.full((n, n_max, cfg.k), np.inf, np.float32)
@@ -92,7 +103,7 @@ def _knn_faiss(points: np.ndarray, counts: np.ndarray, cfg: KnnConfig) -> tuple[
             continue
         x = np.ascontiguousarray(points[i, :m])
         k = min(cfg.k + 1, m)
-        scores, ids = faiss.knn(x, x, k, metric=metric)
+        scores, ids = search(x, x, k, metric)
         for row in range(m):
             keep = [(s, j) for s, j in zip(scores[row], ids[row]) if j != row and j >= 0][: cfg.k]
             for slot, (s, j) in enumerate(keep):

@@ -11,7 +11,9 @@ complete, so a shard that exists is whole.
 Kinds and their datasets (n = images in the shard):
 
 ==========  =====================================================================================
-clip_image  ``embeddings`` (n, d) float16 — CLIP global image embeddings (not normalised)
+clip_image  ``embeddings`` (n, d) float16 — CLIP global image embeddings (not normalised);
+            with ``clip.cache_tokens`` also ``tokens`` (n, L, width) float16 — the ViT tokens
+            entering the last two blocks ((n, 50, 768) for ViT-B/32), to fine-tune those blocks
 regions     ``features`` (n, N_max, D) float16, ``boxes`` (n, N_max, 4) float32 in pixels (x0, y0,
             x1, y1), ``scores`` (n, N_max) float16, ``labels`` (n, N_max) int32, ``counts`` (n,)
             int32, ``image_sizes`` (n, 2) int32 as (height, width) — padded to N_max with zeros;

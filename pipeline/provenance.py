@@ -13,7 +13,7 @@ def expected(p: Params) -> dict[str, dict[str, Any]]:
     """kind → provenance record. A downstream kind includes its upstream's record."""
     regions = p.regions.identity()
     records = {
-        "clip_image": p.clip.identity(),
+        "clip_image": {**p.clip.identity(), "clip.cache_tokens": p.clip.cache_tokens},
         "regions": regions,
         "knn": {**regions, **p.knn.identity()},
         "clip_text": {**p.clip.identity(), "prepare": asdict(p.prepare)},

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchvision.transforms.functional import to_tensor
 
-from features.clip import ClipConfig, encode_images, encode_texts, load_clip
+from features.clip import ClipConfig, encode_from_tokens, encode_images, encode_texts, load_clip
 from features.images import ImageError, load_rgb
 from features.regions import DetectorConfig, build_detector, detect_regions, load_detector, pad_regions
 from pipeline.demo_encoders.clip import clip_config
@@ -26,7 +26,7 @@ def tiny_clip(tmp_path_factory):
     tokenizer = train_tokenizer(["a red circle", "a blue square on the beach"] * 4, vocab_size=280)
     tokenizer.save_pretrained(folder / "tok")
     config = clip_config(len(tokenizer), tokenizer.eos_token_id)
-    config["vision_cfg"].update(layers=1, width=32, head_width=16, image_size=64)
+    config["vision_cfg"].update(layers=2, width=32, head_width=16, image_size=64)
     config["text_cfg"].update(layers=1, width=32, heads=2)
     config["embed_dim"] = 24
     (folder / "test-clip.json").write_text(json.dumps(config))
@@ -54,10 +54,16 @@ def test_clip_loads_local_weights_and_embeds(tiny_clip, tmp_path):
     for a, b in zip(clip.model.state_dict().values(), reference.state_dict().values()):
         torch.testing.assert_close(a, b)  # the file's weights, not a fresh initialisation
     paths = _images(tmp_path)
-    images, errors = encode_images(clip, paths, batch_size=2, num_workers=0)
+    arrays, errors = encode_images(clip, paths, batch_size=2, num_workers=0, with_tokens=True)
     alone, _ = encode_images(clip, paths[1:2], batch_size=1, num_workers=0)
-    assert not errors
-    np.testing.assert_allclose(images[1], alone[0], atol=1e-5)  # batching does not change results
+    assert not errors and "tokens" not in alone
+    images = arrays["embeddings"]
+    np.testing.assert_allclose(images[1], alone["embeddings"][0], atol=1e-5)  # batching does not change results
+    # the cached tokens entering the last two blocks reproduce the embedding exactly
+    assert arrays["tokens"].shape == (3, 1 + (64 // 16) ** 2, 32)
+    with torch.no_grad():
+        again = encode_from_tokens(clip.model.visual, torch.from_numpy(arrays["tokens"]))
+    np.testing.assert_allclose(again.numpy(), images, atol=1e-5)
     texts = encode_texts(clip, ["a red circle", "a blue square", "a red circle"], batch_size=2)
     assert texts.shape == (3, 24) and np.allclose(texts[0], texts[2], atol=1e-5) and not np.allclose(texts[0], texts[1], atol=1e-2)
     assert cfg.identity()["clip.weights"].startswith("sha256:")
@@ -123,7 +129,7 @@ def test_unreadable_image_is_named(tmp_path):
 def test_real_jpegs_run_through_both_extractors(tiny_clip, tiny_detector):
     paths = sorted((REAL_SAMPLE / "images").rglob("*.jpg"))[:3]
     clip = load_clip(tiny_clip[0], torch.device("cpu"))
-    assert np.isfinite(encode_images(clip, paths, batch_size=3, num_workers=0)[0]).all()
+    assert np.isfinite(encode_images(clip, paths, batch_size=3, num_workers=0)[0]["embeddings"]).all()
     model, _ = load_detector(tiny_detector, torch.device("cpu"))
     for path, r in zip(paths, detect_regions(model, [to_tensor(load_rgb(p)) for p in paths], tiny_detector)):
         w, h = Image.open(path).size

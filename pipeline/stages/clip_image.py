@@ -16,9 +16,9 @@ def main() -> None:
     clip = load_clip(params.clip, device_of(params.store.device))
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-        embeddings, errors = encode_images(clip, image_paths(manifest, entries), params.clip.batch_size,
-                                           params.store.num_workers, progress)
-        return {"embeddings": embeddings.astype(np.float16)}, errors
+        arrays, errors = encode_images(clip, image_paths(manifest, entries), params.clip.batch_size,
+                                       params.store.num_workers, progress, params.clip.cache_tokens)
+        return {name: array.astype(np.float16) for name, array in arrays.items()}, errors
 
     for_each_shard(params, manifest, "clip_image", expected(params)["clip_image"], compute, rank)
 
