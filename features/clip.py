@@ -17,8 +17,9 @@ import numpy as np
 import open_clip
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from features.images import image_batches
+from features.images import ImageError, image_batches, load_rgb, original_size
 from features.weights import weights_identity
 
 log = logging.getLogger(__name__)
@@ -144,3 +145,44 @@ def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int) -> np.ndarra
         tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
         out[start:start + len(tokens)] = clip.model.encode_text(tokens).float().cpu().numpy()
     return out
+
+
+class RegionCrops(Dataset):
+    """The region crops of each image, CLIP-preprocessed, decoded in DataLoader workers.
+    ``boxes`` (n, N, 4) are in the original image's pixels; ``counts`` (n,) real boxes per image."""
+
+    def __init__(self, paths: Sequence[Path], boxes: np.ndarray, counts: np.ndarray, preprocess: Callable,
+                 max_side: int = 2048):
+        self.paths, self.boxes, self.counts, self.preprocess, self.max_side = list(paths), boxes, counts, preprocess, max_side
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
+        try:
+            image = load_rgb(self.paths[i], self.max_side)
+            height, _ = original_size(self.paths[i])
+        except ImageError as err:
+            return i, None, str(err)
+        scale = image.size[1] / height  # the decoded image may be smaller than the original
+        crops = []
+        for x0, y0, x1, y1 in self.boxes[i, : self.counts[i]] * scale:
+            box = (int(x0), int(y0), max(int(np.ceil(x1)), int(x0) + 1), max(int(np.ceil(y1)), int(y0) + 1))
+            crops.append(self.preprocess(image.crop(box)))
+        return i, torch.stack(crops) if crops else torch.zeros(0), ""
+
+
+@torch.no_grad()
+def encode_region_crops(clip: Clip, paths: Sequence[Path], boxes: np.ndarray, counts: np.ndarray,
+                        num_workers: int) -> tuple[np.ndarray, dict[int, str]]:
+    """CLIP image embeddings of every region crop: (n, N, d), NaN past each image's count and
+    for unreadable images (reported as {index: reason})."""
+    out = np.full((*boxes.shape[:2], clip.dim), np.nan, np.float32)
+    errors: dict[int, str] = {}
+    loader = DataLoader(RegionCrops(paths, boxes, counts, clip.preprocess), batch_size=None, num_workers=num_workers)
+    for i, crops, error in loader:
+        if crops is None:
+            errors[i] = error
+        elif len(crops):
+            out[i, : len(crops)] = clip.model.encode_image(crops.to(clip.device)).float().cpu().numpy()
+    return out, errors

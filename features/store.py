@@ -22,6 +22,8 @@ knn         ``neighbors`` (n, N_max, K) int32 (-1 = none), ``weights`` (n, N_max
             directed K nearest neighbours per region with Gaussian edge weights
 clip_text   ``embeddings`` (m, d) float16 over all captions of the shard, ``offsets`` (n + 1,)
             int64 — captions of image j are rows offsets[j]:offsets[j+1]
+region_     ``ids`` (n, N_max, k) int32 — object-bank keyword ids per region (-1 = none),
+keywords    ``scores`` (n, N_max, k) float16 — region score (labels) or cosine (retrieval)
 ==========  =====================================================================================
 
 Every kind also stores ``image_ids`` (n,) as UTF-8 strings, checked against the manifest, and
@@ -50,7 +52,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-KINDS = ("clip_image", "regions", "knn", "clip_text")
+KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords")
 _STRING = h5py.string_dtype("utf-8")
 
 

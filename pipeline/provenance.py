@@ -17,10 +17,17 @@ def expected(p: Params) -> dict[str, dict[str, Any]]:
         "regions": regions,
         "knn": {**regions, **p.knn.identity()},
         "clip_text": {**p.clip.identity(), "prepare": asdict(p.prepare)},
+        "region_keywords": {**regions, **keyword_bank(p),
+                            "keywords.local": {"source": p.keywords.local_source, "k": p.keywords.retrieval_k}},
     }
     assert set(records) == set(KINDS)
     return records
 
 
+BANK_KEYS = ("scene_bank", "scene_bank_size", "min_count", "prompt", "object_bank")
+
+
 def keyword_bank(p: Params) -> dict[str, Any]:
-    return {**p.clip.identity(), "keywords": asdict(p.keywords), "regions.classes": p.regions.classes}
+    """What the keyword banks depend on (the keys the clip_text stage lists in dvc.yaml)."""
+    keywords = {k: v for k, v in asdict(p.keywords).items() if k in BANK_KEYS}
+    return {**p.clip.identity(), "keywords": keywords, "regions.classes": p.regions.classes}

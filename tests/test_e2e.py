@@ -65,7 +65,8 @@ def project(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_writes_metrics(project):
     output = _dvc(project, "repro")
-    assert _stages_run(output) == {"world", "prepare", "clip_image", "regions", "clip_text", "knn", "train", "evaluate"}
+    assert _stages_run(output) == {"world", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords",
+                                   "train", "evaluate"}
     metrics = json.loads((project / "results/metrics.json").read_text())
     for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert 0 <= metrics[name] < 10

@@ -21,7 +21,8 @@ def _items(n=3, seed=0, tokenizer=None):
             "clip": rng.normal(size=D_CLIP).astype(np.float32),
             "features": rng.normal(size=(count, D_REGION)).astype(np.float32),
             "scores": rng.uniform(size=count).astype(np.float32),
-            "labels": rng.integers(0, OBJECTS, size=count),
+            "keyword_ids": rng.integers(-1, OBJECTS, size=(count, 2)),
+            "keyword_scores": rng.uniform(size=(count, 2)).astype(np.float32),
             "neighbors": neighbors.astype(np.int32), "weights": np.full(neighbors.shape, 0.5, np.float32),
             "text": rng.normal(size=D_CLIP).astype(np.float32), "index": i,
         }
@@ -51,7 +52,8 @@ def test_graph_edges_are_symmetric_and_unique():
 def test_collate_offsets_graphs(tiny_language):
     batch = collate(_items())
     assert batch["x"].shape == (12, D_REGION) and batch["node_batch"].tolist() == [0] * 4 + [1] + [2] * 7
-    assert batch["edge_index"].max() < 12 and batch["labels"].shape == (3, 7)
+    assert batch["edge_index"].max() < 12 and batch["keyword_ids"].shape == (3, 7, 2)
+    assert (batch["keyword_ids"][1, 1:] == -1).all()  # padding has no keyword
     src, dst = batch["edge_index"]
     assert (batch["node_batch"][src] == batch["node_batch"][dst]).all()  # no edge crosses images
 

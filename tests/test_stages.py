@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from features.store import StoreError, shard_path
-from pipeline.stages import clip_image, knn, prepare, regions, world
+from pipeline.stages import clip_image, clip_text, knn, prepare, region_keywords, regions, world
 from tests.conftest import ROOT
 
 
@@ -123,3 +123,32 @@ def test_two_ranks_give_the_single_process_result(project):
     for name in one:
         for key in one[name]:
             np.testing.assert_allclose(one[name][key], two[name][key], atol=1e-3)
+
+
+def test_region_keywords_by_faiss_retrieval_over_crops(project):
+    from features.clip import encode_region_crops, load_clip
+    from features.store import read_bank
+    from pipeline.params import load_params
+    from pipeline.provenance import keyword_bank
+
+    (project / "object_keywords.txt").write_text("red circle\nblue square\ngreen triangle\nyellow star\n")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["keywords"].update(object_bank="object_keywords.txt", local_source="retrieval", retrieval_k=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in (regions, clip_text, region_keywords):
+        stage.main()
+    path = shard_path(project / "data/features", "region_keywords", 0)
+    ids, scores = _read(path, "ids"), _read(path, "scores")
+    counts = _read(shard_path(project / "data/features", "regions", 0), "counts")
+    assert ids.shape[-1] == 2 and (ids[:, :, 0][np.arange(ids.shape[1]) < counts[:, None]] >= 0).all()
+    assert (ids[np.arange(ids.shape[1])[None, :] >= counts[:, None]] == -1).all()  # padding: no keyword
+    # the FAISS answer equals brute-force cosine over the same embeddings
+    p = load_params(project / "params.yaml")
+    _, bank = read_bank(project / "data/features/keywords.h5", "object", keyword_bank(p))
+    boxes = _read(shard_path(project / "data/features", "regions", 0), "boxes")
+    paths = [project / "data/world/images" / f"{i:06d}.png" for i in range(4)]
+    crops, _ = encode_region_crops(load_clip(p.clip, "cpu"), paths, boxes, counts, 0)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    cosine = unit(crops[0, : counts[0]]) @ unit(bank).T
+    assert ids[0, : counts[0], 0].tolist() == cosine.argmax(1).tolist()
+    np.testing.assert_allclose(scores[0, : counts[0], 0], cosine.max(1), atol=2e-3)

@@ -30,7 +30,7 @@ class StoreSpec:
 class CachedFeatures:
     """Everything the model needs about one image, read from the store by manifest index."""
 
-    KINDS = ("clip_image", "regions", "knn", "clip_text")
+    KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords")
 
     def __init__(self, spec: StoreSpec):
         self.readers = {kind: FeatureReader(spec.dir, kind, spec.shard_size, len(spec.image_ids),
@@ -50,8 +50,8 @@ class CachedFeatures:
         return {
             "clip": self.readers["clip_image"].row(index, "embeddings").astype(np.float32),
             "features": regions.row(index, "features")[:count].astype(np.float32),
-            "scores": regions.row(index, "scores")[:count].astype(np.float32),
-            "labels": regions.row(index, "labels")[:count].astype(np.int64),
+            "keyword_ids": self.readers["region_keywords"].row(index, "ids")[:count].astype(np.int64),
+            "keyword_scores": self.readers["region_keywords"].row(index, "scores")[:count].astype(np.float32),
             "neighbors": knn.row(index, "neighbors")[:count],
             "weights": knn.row(index, "weights")[:count].astype(np.float32),
             "caption_text": self.readers["clip_text"].captions(index).astype(np.float32),
@@ -117,19 +117,19 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
     counts = [len(it["features"]) for it in items]
     offsets = np.cumsum([0] + counts[:-1])
     edges, edge_weights = zip(*(graph_edges(it["neighbors"], it["weights"]) for it in items))
-    n_max = max(counts)
-    labels = torch.zeros(len(items), n_max, dtype=torch.long)
-    scores = torch.zeros(len(items), n_max)
+    n_max, k = max(counts), items[0]["keyword_ids"].shape[1]
+    keyword_ids = torch.full((len(items), n_max, k), -1, dtype=torch.long)  # -1: no keyword (padding)
+    keyword_scores = torch.zeros(len(items), n_max, k)
     for b, it in enumerate(items):
-        labels[b, :counts[b]] = torch.from_numpy(it["labels"])
-        scores[b, :counts[b]] = torch.from_numpy(it["scores"])
+        keyword_ids[b, :counts[b]] = torch.from_numpy(it["keyword_ids"])
+        keyword_scores[b, :counts[b]] = torch.from_numpy(it["keyword_scores"])
     batch = {
         "clip": torch.from_numpy(np.stack([it["clip"] for it in items])),
         "x": torch.from_numpy(np.concatenate([it["features"] for it in items])),
         "node_batch": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
         "edge_index": torch.from_numpy(np.concatenate([e + o for e, o in zip(edges, offsets)], axis=1)),
         "edge_weight": torch.from_numpy(np.concatenate(edge_weights)),
-        "labels": labels, "scores": scores,
+        "keyword_ids": keyword_ids, "keyword_scores": keyword_scores,
         "text": torch.from_numpy(np.stack([it["text"] for it in items])),
         "index": torch.tensor([it["index"] for it in items]),
     }

@@ -33,13 +33,13 @@ class LocalGuidance(nn.Module):
         return gate * local_text, gate
 
 
-def pool_local_keywords(bank: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """f_local_text: the weighted mean of the object-bank embeddings of an image's region labels.
+def pool_local_keywords(bank: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """f_local_text: the weighted mean of the object-bank embeddings of an image's region keywords.
 
-    bank (C, d); labels (B, N) label ids (0 = background/padding, ignored); weights (B, N) ≥ 0
-    (region scores) → (B, d). An image without any labelled region gets a zero vector: it has no
-    local keywords, which is a fact about the image, not a missing feature.
+    bank (C, d); ids (B, N, k) keyword ids (-1 = none: background or padding); weights (B, N, k)
+    ≥ 0 → (B, d). An image without any keyword gets a zero vector: it has no local keywords,
+    which is a fact about the image, not a missing feature.
     """
-    w = weights * (labels > 0)
-    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-6)
-    return torch.einsum("bn,bnd->bd", w, bank[labels])
+    w = weights * (ids >= 0)
+    w = w / w.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    return torch.einsum("bnk,bnkd->bd", w, bank[ids.clamp_min(0)])

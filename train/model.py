@@ -89,8 +89,9 @@ class Captioner(nn.Module):
             guide, scene_attention = self.global_guidance(fused)
             parts.append(guide)
         if self.local_guidance is not None:
-            weights = batch["scores"] if self.cfg.local_pooling == "score" else torch.ones_like(batch["scores"])
-            local_text = pool_local_keywords(self.object_bank, batch["labels"], weights)  # (B, d)
+            scores = batch["keyword_scores"]  # (B, N, k)
+            weights = scores.clamp_min(0) if self.cfg.local_pooling == "score" else torch.ones_like(scores)
+            local_text = pool_local_keywords(self.object_bank, batch["keyword_ids"], weights)  # (B, d)
             guide, gate = self.local_guidance(fused, local_text)
             parts.append(guide)
         embeddings = self.mapping(torch.cat(parts, dim=-1)).view(n_images, self.cfg.prefix_length, -1)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from features.clip import encode_texts, load_clip
-from features.keywords import object_keywords, scene_keywords
+from features.keywords import object_bank_words, scene_keywords
 from features.regions import load_class_names
 from features.store import write_bank
 from pipeline.provenance import expected, keyword_bank
@@ -33,7 +33,8 @@ def main() -> None:
 
     classes = load_class_names(params.regions.classes)
     train_captions = [c for e in manifest["images"] if e["split"] == "train" for c in e["captions"]]
-    banks = {"scene": scene_keywords(params.keywords, train_captions, classes), "object": object_keywords(classes)}
+    banks = {"scene": scene_keywords(params.keywords, train_captions, classes),
+             "object": object_bank_words(params.keywords, classes)}
     bank_file = Path(params.store.dir) / "keywords.h5"
     for name, words in banks.items():
         prompts = [params.keywords.prompt.format(w) for w in words]

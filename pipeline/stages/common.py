@@ -113,6 +113,19 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
     _summarize_rejects(store, kind, len(slices))
 
 
+def read_upstream(params: Params, kind: str, shard: int, record: dict[str, Any], entries: list[dict[str, Any]],
+                  names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """Arrays of the same shard of an upstream kind, and its rejected rows (which stay rejected)."""
+    upstream = open_shard(shard_path(Path(params.store.dir), kind, shard), kind, record, [e["id"] for e in entries])
+    try:
+        arrays = {name: upstream.read(name) for name in names}
+        row_of = {e["id"]: row for row, e in enumerate(entries)}
+        errors = {row_of[r["id"]]: f"rejected by the {kind} stage: {r['reason']}" for r in upstream.rejects}
+    finally:
+        upstream.close()
+    return arrays, errors
+
+
 def _remove_stale(store: Path, kind: str, n_shards: int) -> None:
     """Shards past the end of a data set that shrank."""
     for path in sorted((store / kind).glob("shard-*.h5")):
