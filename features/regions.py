@@ -40,7 +40,9 @@ VERSION = 1
 class DetectorConfig:
     """Every key is documented in params.yaml (section ``regions``)."""
 
-    arch: str = "fasterrcnn_resnet50_fpn"
+    backend: str = "torchvision"  # torchvision | detectron2 (installed from source)
+    arch: str = "fasterrcnn_resnet50_fpn"  # torchvision: a name in ARCHITECTURES
+    d2_config: str = ""  # detectron2: a config file, or a model-zoo config name
     weights: str = ""  # local state_dict file (.pt/.pth/.safetensors)
     classes: str = ""  # JSON file: list of class names, index = label id, 0 = background
     min_size: int = 800
@@ -142,10 +144,16 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
     return ARCHITECTURES[cfg.arch](cfg, num_classes)
 
 
-def load_detector(cfg: DetectorConfig, device: torch.device) -> tuple[FasterRCNN, list[str]]:
+def load_detector(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
     """Build the configured architecture and load its weights from the local file."""
     if not cfg.weights:
         raise ValueError("regions.weights: a local detector state_dict file is required")
+    if cfg.backend == "detectron2":
+        from features.regions_detectron2 import load_detectron2
+
+        return load_detectron2(cfg, device)
+    if cfg.backend != "torchvision":
+        raise ValueError(f"regions.backend: unknown {cfg.backend!r} (torchvision | detectron2)")
     names = load_class_names(cfg.classes)
     model = build_detector(cfg, len(names))
     model.load_state_dict(load_state_dict(Path(cfg.weights)))
@@ -179,13 +187,13 @@ def _detections(model: FasterRCNN, images: list[torch.Tensor]):
     return image_list, features, last_stage, detections
 
 
-def _select(det: dict[str, torch.Tensor], cfg: DetectorConfig) -> torch.Tensor:
-    """Indices of the kept detections (sorted by score, as torchvision returns them): those above
-    ``box_score_thresh``, topped up to ``min_regions`` with the best of the rest."""
-    above = (det["scores"] >= cfg.box_score_thresh).nonzero().flatten()
+def select_regions(scores: torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
+    """Indices of the kept detections (``scores`` sorted descending, as both backends return
+    them): those above ``box_score_thresh``, topped up to ``min_regions`` with the best of the rest."""
+    above = (scores >= cfg.box_score_thresh).nonzero().flatten()
     if len(above) >= cfg.min_regions:
         return above[: cfg.max_regions]
-    return torch.arange(min(cfg.min_regions, len(det["scores"])), device=det["scores"].device)
+    return torch.arange(min(cfg.min_regions, len(scores)), device=scores.device)
 
 
 def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stage: torch.Tensor,
@@ -203,12 +211,16 @@ def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stag
 
 
 @torch.no_grad()
-def detect_regions(model: FasterRCNN, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
+def detect_regions(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
     """Run the detector so that RoI features belong to the final boxes. ``images`` are (3, H, W)
-    floats in [0, 1]; boxes come back in their pixel coordinates. An image with no detection
+    RGB floats in [0, 1]; boxes come back in their pixel coordinates. An image with no detection
     gets one whole-image box with score 0 and label 0 (background): every image has a node."""
+    if cfg.backend == "detectron2":
+        from features.regions_detectron2 import detect_regions_detectron2
+
+        return detect_regions_detectron2(model, images, cfg)
     image_list, features, last_stage, detections = _detections(model, images)
-    kept = [{k: v[_select(d, cfg)] for k, v in d.items()} for d in detections]
+    kept = [{k: v[select_regions(d["scores"], cfg)] for k, v in d.items()} for d in detections]
     boxes = [_with_fallback(d["boxes"], size) for d, size in zip(kept, image_list.image_sizes)]
     region_features = _region_features(model, cfg, features, last_stage, boxes, image_list)
     out = []
