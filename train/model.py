@@ -66,12 +66,13 @@ class Captioner(nn.Module):
                                cfg.gat_edge_weights) if cfg.gat else None)
         region_out = self.gat.out_dim if self.gat else dims.region
         self.fuse = nn.Linear(d + region_out, d)  # eq. 10: W_fused
-        zeros = lambda n: torch.zeros(n, d)  # noqa: E731 - placeholder until banks are loaded
-        self.global_guidance = (GlobalGuidance(scene_bank if scene_bank is not None else zeros(dims.scene_bank))
-                                if cfg.global_guidance else None)
+        # banks left out (None) are zeros until load_state_dict fills them from a saved folder
+        if scene_bank is None:
+            scene_bank = torch.zeros(dims.scene_bank, d)
+        self.global_guidance = GlobalGuidance(scene_bank) if cfg.global_guidance else None
         self.local_guidance = LocalGuidance(d) if cfg.local_guidance else None
         if cfg.local_guidance:
-            self.register_buffer("object_bank", object_bank if object_bank is not None else zeros(dims.object_bank))
+            self.register_buffer("object_bank", object_bank if object_bank is not None else torch.zeros(dims.object_bank, d))
         c_dim = d * (1 + cfg.global_guidance + cfg.local_guidance)  # eq. 13: C_fused
         hidden = cfg.mapping_hidden or (cfg.prefix_length * h) // 2
         self.mapping = nn.Sequential(  # eq. 14: ClipCap's MLP to L_p prefix embeddings

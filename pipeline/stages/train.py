@@ -25,15 +25,15 @@ def main() -> None:
     bank_file = Path(params.store.dir) / "keywords.h5"
     scene_words, scene_bank = read_bank(bank_file, "scene", keyword_bank(params))
     object_words, object_bank = read_bank(bank_file, "object", keyword_bank(params))
-    first = features.image(0)
+    images = manifest["images"]
+    train_idx = split_indices(manifest, "train", features)
+    first = features.image(train_idx[0])
     dims = FeatureDims(clip=len(first["clip"]), region=first["features"].shape[1],
                        scene_bank=len(scene_words), object_bank=len(object_words))
     seed_everything(params.train.seed)
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
     model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank))
 
-    images = manifest["images"]
-    train_idx = split_indices(manifest, "train", features)
     train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
                              params.train.max_tokens)
     val_idx = split_indices(manifest, "val", features, params.train.val_images)
