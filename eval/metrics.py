@@ -28,7 +28,9 @@ def spice_unavailable_reason() -> str | None:
     lib = Path(spice_module.__file__).parent / "lib"
     missing = [jar for jar in SPICE_JARS if not (lib / jar).is_file()]
     if missing:
-        return f"Stanford CoreNLP jars missing from {lib}: {', '.join(missing)} (place them there to enable SPICE)"
+        # the folder relative to site-packages, so that metrics files do not depend on the install path
+        return (f"Stanford CoreNLP jars missing from pycocoevalcap/spice/lib: {', '.join(missing)} "
+                "(place them there to enable SPICE)")
     if shutil.which("java") is None:
         return "java not found"
     return None
