@@ -106,3 +106,32 @@ def test_save_and_load_give_the_same_prefix(tiny_language, tmp_path):
     batch = collate(_items())
     torch.testing.assert_close(loaded.prefix(batch).embeddings, model.prefix(batch).embeddings)
     assert config["note"] == 1 and config["model"]["prefix_length"] == 3
+
+
+def test_transformer_mapper_replaces_the_mlp(tiny_language):
+    model = _model(tiny_language, mapping="transformer", mapping_layers=2, mapping_clip_length=4)
+    assert type(model.mapping).__name__ == "TransformerMapper"
+    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    assert model.prefix(batch).embeddings.shape == (3, 3, model.gpt2.config.n_embd)
+    total_loss(model, batch, LossConfig())["total"].backward()
+    assert model.mapping.constants.grad is not None and model.mapping.project.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="model.mapping"):
+        _model(tiny_language, mapping="lstm")
+
+
+def test_phase_one_freezes_gpt2_and_trains_the_rest(tiny_language):
+    from train.trainer import set_phase
+
+    model = _model(tiny_language)
+    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    for phase in (1, 2):
+        set_phase(model, phase)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        total_loss(model, batch, LossConfig())["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        gpt2 = {n for n in before if n.startswith("gpt2.")}
+        assert (changed & gpt2 == set()) if phase == 1 else gpt2 <= changed | {"gpt2.lm_head.weight"}
+        assert set(before) - gpt2 <= changed  # everything outside GPT-2 trains in both phases

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
+from train.mapping import MAPPERS, MLPMapper, TransformerMapper
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,10 @@ class ModelConfig:
     local_guidance: bool = True
     local_pooling: str = "score"  # score | uniform: how region keywords are weighted into f_local_text
     prefix_length: int = 10
-    mapping_hidden: int = 0  # 0 = ClipCap's (prefix_length * h) // 2
+    mapping: str = "mlp"  # mlp | transformer (ClipCap's two mappers)
+    mapping_hidden: int = 0  # mlp: hidden width, 0 = ClipCap's (prefix_length * h) // 2
+    mapping_layers: int = 8  # transformer: encoder layers
+    mapping_clip_length: int = 10  # transformer: tokens the input is projected to
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,13 @@ class Captioner(nn.Module):
         if cfg.local_guidance:
             self.register_buffer("object_bank", object_bank if object_bank is not None else torch.zeros(dims.object_bank, d))
         c_dim = d * (1 + cfg.global_guidance + cfg.local_guidance)  # eq. 13: C_fused
-        hidden = cfg.mapping_hidden or (cfg.prefix_length * h) // 2
-        self.mapping = nn.Sequential(  # eq. 14: ClipCap's MLP to L_p prefix embeddings
-            nn.Linear(c_dim, hidden), nn.Tanh(), nn.Linear(hidden, cfg.prefix_length * h))
+        if cfg.mapping == "mlp":  # eq. 14
+            self.mapping = MLPMapper(c_dim, h, cfg.prefix_length, cfg.mapping_hidden)
+        elif cfg.mapping == "transformer":
+            self.mapping = TransformerMapper(c_dim, h, cfg.prefix_length, cfg.mapping_clip_length, cfg.mapping_layers,
+                                             gpt2.config.n_head)
+        else:
+            raise ValueError(f"model.mapping: unknown {cfg.mapping!r}; known: {MAPPERS}")
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
         n_images = batch["clip"].shape[0]
@@ -95,7 +103,7 @@ class Captioner(nn.Module):
             local_text = pool_local_keywords(self.object_bank, batch["keyword_ids"], weights)  # (B, d)
             guide, gate = self.local_guidance(fused, local_text)
             parts.append(guide)
-        embeddings = self.mapping(torch.cat(parts, dim=-1)).view(n_images, self.cfg.prefix_length, -1)
+        embeddings = self.mapping(torch.cat(parts, dim=-1))  # (B, L_p, h)
         return Prefix(embeddings, fused, gate, scene_attention)
 
     def caption_logits(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
