@@ -6,6 +6,7 @@ read from the feature store; this module holds only what trains.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -114,15 +115,23 @@ class Captioner(nn.Module):
         return logits[:, prefix.shape[1] - 1:-1]  # position t predicts token t
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
-        """One self-describing folder: config.json, weights.safetensors, gpt2/ (with tokenizer)."""
+        """One self-describing folder: config.json, weights.safetensors, gpt2/ (with tokenizer).
+        Written beside the target and swapped in, so the folder is always a complete model."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.gpt2.save_pretrained(folder / "gpt2")
-        self.tokenizer.save_pretrained(folder / "gpt2")
+        tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.gpt2.save_pretrained(tmp / "gpt2")
+        self.tokenizer.save_pretrained(tmp / "gpt2")
         state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("gpt2.")}
-        save_file(state, str(folder / "weights.safetensors"))
+        save_file(state, str(tmp / "weights.safetensors"))
         config = {"model": asdict(self.cfg), "dims": asdict(self.dims), **(extra or {})}
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_gpt2(name_or_folder: str) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBase]:

@@ -1,8 +1,10 @@
 """Stage `train`: the captioner on cached features → models/captioner (best by validation CIDEr)."""
+import hashlib
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from dvclive import Live
 
 from eval.metrics import cider
 from features.store import read_bank
@@ -15,6 +17,7 @@ from train.model import Captioner, FeatureDims, load_gpt2
 from train.trainer import seed_everything, train
 
 OUT = Path("models/captioner")
+CHECKPOINT = Path("models/checkpoint.pt")  # the last epoch's full training state, for resuming
 
 
 def main() -> None:
@@ -45,8 +48,11 @@ def main() -> None:
         return {"CIDEr_greedy": cider(references, {images[i]["id"]: c for i, c in zip(val_idx, captions)})}
 
     extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words}
-    with Live("dvclive", dvcyaml=False, save_dvc_exp=False) as live:
-        best = train(model, train_set, params.train, OUT, live, scorer, "CIDEr_greedy", device, extra)
+    # a checkpoint is resumed only by a run of the same configuration on the same data
+    fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx],
+                                            sort_keys=True).encode()).hexdigest()
+    best = train(model, train_set, params.train, OUT, Path("dvclive"), scorer, "CIDEr_greedy", device, extra,
+                 checkpoint=CHECKPOINT, fingerprint=fingerprint)
     write_json(Path("results/train.json"), best)
 
 

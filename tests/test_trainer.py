@@ -1,0 +1,53 @@
+"""The trainer: a run killed between epochs resumes from its checkpoint and ends exactly where an
+uninterrupted run ends; a checkpoint of another configuration is ignored."""
+import json
+
+import pytest
+import torch
+
+from tests.test_model import _items, _model
+from train.losses import LossConfig
+from train.trainer import TrainConfig, train
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _run(tiny_language, folder, kill_at_epoch=None, fingerprint="a"):
+    model = _model(tiny_language)
+    data = _items(n=6, tokenizer=model.tokenizer)
+    calls = []
+
+    def scorer(m):
+        calls.append(1)
+        if len(calls) == kill_at_epoch:
+            raise Killed  # as if the process died during this epoch's validation
+        return {"score": -float(m.fuse.weight.detach().abs().sum())}
+
+    cfg = TrainConfig(phase1_epochs=1, phase2_epochs=2, lr=3e-3, batch_size=4, seed=3, loss=LossConfig())
+    best = train(model, data, cfg, folder / "model", folder / "live", scorer, "score", torch.device("cpu"),
+                 checkpoint=folder / "ckpt.pt", fingerprint=fingerprint)
+    return model, best
+
+
+def test_resumed_run_equals_uninterrupted(tiny_language, tmp_path):
+    whole, best_whole = _run(tiny_language, tmp_path / "whole")
+    with pytest.raises(Killed):
+        _run(tiny_language, tmp_path / "killed", kill_at_epoch=2)
+    resumed, best_resumed = _run(tiny_language, tmp_path / "killed")
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert best_whole == best_resumed
+    for curve in ("val/score", "train/loss_total", "train/lr"):  # one row per epoch, none twice
+        rows = (tmp_path / f"killed/live/plots/metrics/{curve}.tsv").read_text().splitlines()
+        assert [r.split("\t")[0] for r in rows] == ["step", "0", "1", "2"], curve
+    assert json.loads((tmp_path / "killed/live/metrics.json").read_text())["step"] == 2
+
+
+def test_checkpoint_of_another_configuration_is_ignored(tiny_language, tmp_path):
+    with pytest.raises(Killed):
+        _run(tiny_language, tmp_path, kill_at_epoch=3)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] == 1
+    _run(tiny_language, tmp_path, fingerprint="b")  # starts afresh, then overwrites the checkpoint
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["fingerprint"] == "b"
