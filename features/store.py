@@ -118,13 +118,14 @@ class Shard:
     image_ids: list[str]
     valid: np.ndarray  # (n,) bool
     rejects: list[dict[str, str]]
+    offsets: np.ndarray | None = None  # clip_text: caption offsets, read once on first use
 
     def check_valid(self, row: int) -> None:
         if not self.valid[row]:
             reason = next((r["reason"] for r in self.rejects if r["id"] == self.image_ids[row]), "unknown")
             raise StoreError(f"{self.path}: image {self.image_ids[row]} was rejected at extraction ({reason})")
 
-    def read(self, name: str, rows: slice | int | None = None) -> np.ndarray:
+    def read(self, name: str, rows: slice | int | list[int] | None = None) -> np.ndarray:
         if name not in self.file:
             raise StoreError(f"{self.path}: no dataset {name!r}")
         dataset = self.file[name]
@@ -185,17 +186,43 @@ class FeatureReader:
         return [r for i in range(self.n_shards) for r in self.shard(i).rejects]
 
     def row(self, manifest_index: int, name: str) -> np.ndarray:
-        shard = self.shard(manifest_index // self.shard_size)
-        shard.check_valid(manifest_index - shard.first_index)
-        return shard.read(name, manifest_index - shard.first_index)
+        return self.rows([manifest_index], name)[0]
 
-    def captions(self, manifest_index: int) -> np.ndarray:
-        """clip_text only: the caption embeddings of one image, (n_captions, d)."""
-        shard = self.shard(manifest_index // self.shard_size)
-        j = manifest_index - shard.first_index
-        shard.check_valid(j)
-        start, end = shard.read("offsets", slice(j, j + 2))
-        return shard.read("embeddings", slice(int(start), int(end)))
+    def _by_shard(self, manifest_indices: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
+        """shard → [(position in the request, row in the shard)], rows checked valid."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for position, index in enumerate(manifest_indices):
+            shard = self.shard(index // self.shard_size)
+            shard.check_valid(index - shard.first_index)
+            groups.setdefault(index // self.shard_size, []).append((position, index - shard.first_index))
+        return groups
+
+    def rows(self, manifest_indices: Sequence[int], name: str) -> list[np.ndarray]:
+        """One dataset's rows for many images, with one HDF5 read per shard (not per image):
+        per-read overhead, not bytes, is what limits random access."""
+        out: list[np.ndarray] = [None] * len(manifest_indices)  # type: ignore[list-item]
+        for shard_index, wanted in self._by_shard(manifest_indices).items():
+            unique = sorted({row for _, row in wanted})
+            block = self.shard(shard_index).read(name, unique)
+            where = {row: k for k, row in enumerate(unique)}
+            for position, row in wanted:
+                out[position] = block[where[row]]
+        return out
+
+    def captions(self, manifest_indices: Sequence[int]) -> list[np.ndarray]:
+        """clip_text only: each image's caption embeddings (n_captions, d), one read per shard."""
+        out: list[np.ndarray] = [None] * len(manifest_indices)  # type: ignore[list-item]
+        for shard_index, wanted in self._by_shard(manifest_indices).items():
+            shard = self.shard(shard_index)
+            offsets = shard.offsets if shard.offsets is not None else shard.read("offsets")
+            shard.offsets = offsets  # (n + 1,) integers per shard: kept, it is tiny
+            spans = {row: range(int(offsets[row]), int(offsets[row + 1])) for _, row in wanted}
+            unique = sorted({r for span in spans.values() for r in span})
+            block = shard.read("embeddings", unique)
+            where = {r: k for k, r in enumerate(unique)}
+            for position, row in wanted:
+                out[position] = block[[where[r] for r in spans[row]]]
+        return out
 
     def close(self) -> None:
         for shard in self._open.values():

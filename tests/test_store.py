@@ -23,6 +23,8 @@ def test_round_trip_by_manifest_index(tmp_path):
     reader.validate_all()
     np.testing.assert_array_equal(reader.row(2, "embeddings"), [10, 11, 12])
     np.testing.assert_array_equal(reader.row(1, "embeddings"), [3, 4, 5])
+    batch = reader.rows([2, 0, 2, 1], "embeddings")  # across shards, unsorted, repeated
+    np.testing.assert_array_equal(np.stack(batch), [[10, 11, 12], [0, 1, 2], [10, 11, 12], [3, 4, 5]])
     assert not list(tmp_path.rglob("*.tmp"))  # the atomic write left no temporary file
 
 
@@ -48,7 +50,9 @@ def test_caption_offsets(tmp_path):
     arrays = {"embeddings": np.arange(10, dtype=np.float16).reshape(5, 2), "offsets": np.array([0, 2, 5])}
     write_shard(shard_path(tmp_path, "clip_text", 0), "clip_text", ["a", "b"], arrays, {}, first_index=0)
     reader = FeatureReader(tmp_path, "clip_text", shard_size=2, n_images=2, expected={})
-    assert reader.captions(1).tolist() == [[4, 5], [6, 7], [8, 9]]
+    assert reader.captions([1])[0].tolist() == [[4, 5], [6, 7], [8, 9]]
+    first, second, again = reader.captions([0, 1, 0])  # batched, any order, repeats
+    assert first.tolist() == again.tolist() == [[0, 1], [2, 3]] and len(second) == 3
 
 
 def test_keyword_banks(tmp_path):

@@ -45,17 +45,26 @@ class CachedFeatures:
         return all(reader.is_valid(index) for reader in self.readers.values())
 
     def image(self, index: int) -> dict[str, np.ndarray]:
-        regions, knn = self.readers["regions"], self.readers["knn"]
-        count = int(regions.row(index, "counts"))
-        return {
-            "clip": self.readers["clip_image"].row(index, "embeddings").astype(np.float32),
-            "features": regions.row(index, "features")[:count].astype(np.float32),
-            "keyword_ids": self.readers["region_keywords"].row(index, "ids")[:count].astype(np.int64),
-            "keyword_scores": self.readers["region_keywords"].row(index, "scores")[:count].astype(np.float32),
-            "neighbors": knn.row(index, "neighbors")[:count],
-            "weights": knn.row(index, "weights")[:count].astype(np.float32),
-            "caption_text": self.readers["clip_text"].captions(index).astype(np.float32),
+        return self.images([index])[0]
+
+    def images(self, indices: list[int]) -> list[dict[str, np.ndarray]]:
+        """Everything the model needs about each image; batched reads (one per shard and dataset)."""
+        def rows(kind: str, name: str) -> list[np.ndarray]:
+            return self.readers[kind].rows(indices, name)
+
+        counts = [int(c) for c in rows("regions", "counts")]
+        columns = {
+            "clip": rows("clip_image", "embeddings"), "features": rows("regions", "features"),
+            "keyword_ids": rows("region_keywords", "ids"), "keyword_scores": rows("region_keywords", "scores"),
+            "neighbors": rows("knn", "neighbors"), "weights": rows("knn", "weights"),
         }
+        captions = self.readers["clip_text"].captions(indices)
+        dtypes = {"keyword_ids": np.int64, "neighbors": np.int32}
+        return [{
+            **{name: (values[k] if name == "clip" else values[k][:counts[k]]).astype(dtypes.get(name, np.float32))
+               for name, values in columns.items()},
+            "caption_text": captions[k].astype(np.float32),
+        } for k in range(len(indices))]
 
 
 def tokenize_caption(tokenizer: PreTrainedTokenizerBase, caption: str, max_tokens: int) -> list[int]:
@@ -76,12 +85,17 @@ class CaptionPairs(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        index, c, text = self.pairs[k]
-        item = self.features.image(index)
-        item["text"] = item.pop("caption_text")[c]
-        item["tokens"] = tokenize_caption(self.tokenizer, text, self.max_tokens)
-        item["index"] = index
-        return item
+        return self.__getitems__([k])[0]
+
+    def __getitems__(self, ks: list[int]) -> list[dict[str, Any]]:
+        """The DataLoader asks for a whole batch at once: one store read per shard and dataset."""
+        pairs = [self.pairs[k] for k in ks]
+        items = self.features.images([index for index, _, _ in pairs])
+        for item, (index, c, text) in zip(items, pairs):
+            item["text"] = item.pop("caption_text")[c]
+            item["tokens"] = tokenize_caption(self.tokenizer, text, self.max_tokens)
+            item["index"] = index
+        return items
 
 
 class Images(Dataset):
@@ -94,10 +108,15 @@ class Images(Dataset):
         return len(self.indices)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        item = self.features.image(self.indices[k])
-        item["text"] = item.pop("caption_text").mean(axis=0)
-        item["index"] = self.indices[k]
-        return item
+        return self.__getitems__([k])[0]
+
+    def __getitems__(self, ks: list[int]) -> list[dict[str, Any]]:
+        indices = [self.indices[k] for k in ks]
+        items = self.features.images(indices)
+        for item, index in zip(items, indices):
+            item["text"] = item.pop("caption_text").mean(axis=0)
+            item["index"] = index
+        return items
 
 
 def graph_edges(neighbors: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
