@@ -39,6 +39,7 @@ def test_resumed_run_equals_uninterrupted(tiny_language, tmp_path):
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert best_whole == best_resumed
+    assert not (tmp_path / "killed/ckpt.pt").exists()  # a finished run leaves no checkpoint to resume
     for curve in ("val/score", "train/loss_total", "train/lr"):  # one row per epoch, none twice
         rows = (tmp_path / f"killed/live/plots/metrics/{curve}.tsv").read_text().splitlines()
         assert [r.split("\t")[0] for r in rows] == ["step", "0", "1", "2"], curve
@@ -49,5 +50,7 @@ def test_checkpoint_of_another_configuration_is_ignored(tiny_language, tmp_path)
     with pytest.raises(Killed):
         _run(tiny_language, tmp_path, kill_at_epoch=3)
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] == 1
-    _run(tiny_language, tmp_path, fingerprint="b")  # starts afresh, then overwrites the checkpoint
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["fingerprint"] == "b"
+    with pytest.raises(Killed):  # another configuration starts afresh and overwrites the checkpoint
+        _run(tiny_language, tmp_path, kill_at_epoch=2, fingerprint="b")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert (state["fingerprint"], state["epoch"]) == ("b", 0)

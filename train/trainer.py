@@ -95,8 +95,9 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     """Train, validating with ``scorer`` after each epoch; the best epoch by ``score_key`` is
     saved to ``out_dir``, dvclive logs go to ``live_dir``. After every epoch the whole training
     state (weights, optimizer, schedule, RNG streams, best so far) goes to ``checkpoint``; a run
-    with the same ``fingerprint`` (its configuration) resumes from there and ends exactly as an
-    uninterrupted one. Returns the best validation scores."""
+    with the same ``fingerprint`` (its configuration and code) resumes from there and ends exactly
+    as an uninterrupted one. A finished run deletes its checkpoint. Returns the best validation
+    scores."""
     seed_everything(cfg.seed)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -153,4 +154,6 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
                     "fingerprint": fingerprint, "epoch": epoch, "best": best, "rng": _rng_state(),
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict()})
+    if checkpoint:
+        checkpoint.unlink(missing_ok=True)  # finished: a later run (dvc repro -f) starts afresh
     return best

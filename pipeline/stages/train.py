@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+import train as train_package
 from eval.metrics import cider
 from features.store import read_bank
 from pipeline.provenance import expected, keyword_bank
@@ -48,9 +49,10 @@ def main() -> None:
         return {"CIDEr_greedy": cider(references, {images[i]["id"]: c for i, c in zip(val_idx, captions)})}
 
     extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words}
-    # a checkpoint is resumed only by a run of the same configuration on the same data
-    fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx],
-                                            sort_keys=True).encode()).hexdigest()
+    # a checkpoint is resumed only by a run of the same configuration and code on the same data
+    code = [path.read_text() for path in sorted(Path(train_package.__file__).parent.glob("*.py"))]
+    fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
+                                             code], sort_keys=True).encode()).hexdigest()
     best = train(model, train_set, params.train, OUT, Path("dvclive"), scorer, "CIDEr_greedy", device, extra,
                  checkpoint=CHECKPOINT, fingerprint=fingerprint)
     write_json(Path("results/train.json"), best)
