@@ -14,7 +14,7 @@ class Killed(RuntimeError):
     pass
 
 
-def _run(tiny_language, folder, kill_at_epoch=None, fingerprint="a"):
+def _run(tiny_language, folder, kill_at_epoch=None, fingerprint="a", precision="fp32"):
     model = _model(tiny_language)
     data = _items(n=6, tokenizer=model.tokenizer)
     calls = []
@@ -25,7 +25,8 @@ def _run(tiny_language, folder, kill_at_epoch=None, fingerprint="a"):
             raise Killed  # as if the process died during this epoch's validation
         return {"score": -float(m.fuse.weight.detach().abs().sum())}
 
-    cfg = TrainConfig(phase1_epochs=1, phase2_epochs=2, lr=3e-3, batch_size=4, seed=3, loss=LossConfig())
+    cfg = TrainConfig(phase1_epochs=1, phase2_epochs=2, lr=3e-3, batch_size=4, seed=3, loss=LossConfig(),
+                      precision=precision)
     best = train(model, data, cfg, folder / "model", folder / "live", scorer, "score", torch.device("cpu"),
                  checkpoint=folder / "ckpt.pt", fingerprint=fingerprint)
     return model, best
@@ -54,3 +55,10 @@ def test_checkpoint_of_another_configuration_is_ignored(tiny_language, tmp_path)
         _run(tiny_language, tmp_path, kill_at_epoch=2, fingerprint="b")
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert (state["fingerprint"], state["epoch"]) == ("b", 0)
+
+
+def test_bf16_autocast_trains(tiny_language, tmp_path):
+    model, best = _run(tiny_language, tmp_path, precision="bf16")
+    assert best["epoch"] in (0, 1, 2) and all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        _run(tiny_language, tmp_path / "fp16", precision="fp16")

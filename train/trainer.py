@@ -36,6 +36,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_tokens: int = 40
     num_workers: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, CUDA only)
+    compile: bool = False  # torch.compile GPT-2 (the bulk of a step)
     seed: int = 0
     val_images: int = 200  # validation images decoded (greedy) after each epoch; 0 = all
     loss: LossConfig = field(default_factory=LossConfig)
@@ -80,6 +82,18 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
     return state
 
 
+def _mixed_precision(precision: str, device: torch.device):
+    """(autocast context, gradient scaler) for ``train.precision``; the scaler only acts for fp16."""
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"train.precision: unknown {precision!r}; known: {sorted(dtypes)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision: fp16 needs a CUDA device (use bf16 on CPU)")
+    dtype = dtypes[precision]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
 def set_phase(model: Captioner, phase: int) -> None:
     """Phase 1 freezes GPT-2; phase 2 trains everything."""
     model.gpt2.requires_grad_(phase == 2)
@@ -112,6 +126,9 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
         _set_rng_state(state["rng"])
         best, start = state["best"], state["epoch"] + 1
         log.info("resuming after epoch %d from %s", state["epoch"], checkpoint)
+    autocast, scaler = _mixed_precision(cfg.precision, device)
+    if cfg.compile:
+        model.gpt2.forward = torch.compile(model.gpt2.forward)
     collate_fn = partial(collate, pad_id=model.tokenizer.pad_token_id)
     epochs = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs
     with Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False) as live:
@@ -125,11 +142,14 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
                                 num_workers=cfg.num_workers, collate_fn=collate_fn)
             sums: dict[str, float] = {}
             for batch in tqdm(loader, desc=f"epoch {epoch} (phase {phase})", unit="batch", leave=False):
-                parts = total_loss(model, _to(batch, device), cfg.loss)
+                with autocast:
+                    parts = total_loss(model, _to(batch, device), cfg.loss)
                 optimizer.zero_grad(set_to_none=True)
-                parts["total"].backward()
+                scaler.scale(parts["total"]).backward()
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v.item()
             lr = optimizer.param_groups[0]["lr"]
