@@ -27,7 +27,7 @@ from torchvision.transforms.functional import to_tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.clip import encode_images, load_clip  # noqa: E402
-from features.images import load_rgb  # noqa: E402
+from features.images import image_batches, load_rgb  # noqa: E402
 from features.knn import KnnConfig, knn_graphs  # noqa: E402
 from features.regions import detect_regions, load_detector, pad_regions  # noqa: E402
 from pipeline.datasets import image_paths  # noqa: E402
@@ -67,8 +67,6 @@ def region_throughput(params, paths):
             results.extend(detect_regions(detector, decoded[s:s + batch], params.regions))
 
     def stage() -> None:
-        from features.images import image_batches
-
         for items in image_batches(paths, to_tensor, batch, params.store.num_workers):
             detect_regions(detector, [d.image for d in items], params.regions)
 

@@ -2,7 +2,6 @@
 these tests run only where it was installed from source; elsewhere they skip, saying so."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
