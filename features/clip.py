@@ -8,7 +8,10 @@ for custom configs whose vocabulary is not CLIP's BPE.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +28,7 @@ from features.weights import weights_identity
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when a change here changes the embeddings produced (recorded in provenance)
+TAIL_BLOCKS = 2  # the paper fine-tunes the last two vision blocks; the cache holds the tokens entering them
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Clip:
     preprocess: Callable
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     device: torch.device
+    model_name: str
 
     @property
     def dim(self) -> int:
@@ -73,14 +78,14 @@ def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
         tokenizer = open_clip.tokenizer.HFTokenizer(cfg.tokenizer, context_length=context_length)
     else:
         tokenizer = open_clip.get_tokenizer(cfg.model)
-    return Clip(model.eval().to(device), preprocess, tokenizer, device)
+    return Clip(model.eval().to(device), preprocess, tokenizer, device, cfg.model)
 
 
 class LastBlocksInput:
     """Captures the tokens entering the last ``n`` vision transformer blocks during
     ``encode_image`` (a forward pre-hook: one pass yields both the embedding and the tokens)."""
 
-    def __init__(self, visual: nn.Module, n: int = 2):
+    def __init__(self, visual: nn.Module, n: int = TAIL_BLOCKS):
         self.transformer = visual.transformer
         self.tokens: torch.Tensor | None = None
         self.handle = self.transformer.resblocks[-n].register_forward_pre_hook(self._keep)
@@ -93,17 +98,58 @@ class LastBlocksInput:
         self.handle.remove()
 
 
-def encode_from_tokens(visual: nn.Module, tokens: torch.Tensor, n: int = 2) -> torch.Tensor:
-    """Finish ``encode_image`` from cached tokens (B, L, width) entering the last ``n`` blocks: the
-    path that fine-tuning those blocks takes."""
-    transformer = visual.transformer
-    x = tokens if getattr(transformer, "batch_first", True) else tokens.transpose(0, 1)
-    for block in transformer.resblocks[-n:]:
-        x = block(x)
-    if not getattr(transformer, "batch_first", True):
-        x = x.transpose(0, 1)
-    pooled, _ = visual._pool(x)
-    return pooled @ visual.proj if visual.proj is not None else pooled
+class ClipTail(nn.Module):
+    """The end of CLIP's image encoder: the last ``n`` transformer blocks, the pooling, ``ln_post``
+    and the projection. From the cached tokens entering those blocks (B, L, width) it finishes
+    ``encode_image`` exactly; the captioner owns a copy of it to fine-tune them. Holds references
+    to ``visual``'s modules (deep-copy it to train it apart from the extractor)."""
+
+    def __init__(self, visual: nn.Module, n: int = TAIL_BLOCKS):
+        super().__init__()
+        if getattr(visual, "attn_pool", None) is not None:
+            raise ValueError("CLIP models with attention pooling (CoCa) have no fine-tunable tail here")
+        self.blocks = nn.ModuleList(visual.transformer.resblocks[-n:])
+        self.ln_post, self.proj = visual.ln_post, visual.proj
+        self.batch_first = getattr(visual.transformer, "batch_first", True)
+        self.pool_type, self.ln_after_pool = visual.pool_type, visual.final_ln_after_pool
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens if self.batch_first else tokens.transpose(0, 1)  # blocks take (B, L, w) or (L, B, w)
+        for block in self.blocks:
+            x = block(x)
+        x = x if self.batch_first else x.transpose(0, 1)  # (B, L, width)
+        if not self.ln_after_pool:
+            x = self.ln_post(x)
+        pooled = x[:, 1:].mean(dim=1) if self.pool_type == "avg" else x[:, 0] if self.pool_type == "tok" else x
+        if self.ln_after_pool:
+            pooled = self.ln_post(pooled)
+        return pooled @ self.proj if self.proj is not None else pooled  # (B, d)
+
+
+def encode_from_tokens(visual: nn.Module, tokens: torch.Tensor, n: int = TAIL_BLOCKS) -> torch.Tensor:
+    """Finish ``encode_image`` from cached tokens (B, L, width) entering the last ``n`` blocks."""
+    return ClipTail(visual, n)(tokens)
+
+
+def tail_spec(clip: Clip) -> dict:
+    """What rebuilds the tail's architecture without the extractor's files (kept in a model folder)."""
+    config = open_clip.get_model_config(clip.model_name)
+    if config is None:
+        raise ValueError(f"no open_clip config for {clip.model_name!r}")
+    quick_gelu = any(isinstance(m, open_clip.transformer.QuickGELU) for m in clip.model.visual.modules())
+    return {"model": clip.model_name, "config": config, "quick_gelu": quick_gelu}
+
+
+def build_tail(spec: dict, n: int = TAIL_BLOCKS) -> ClipTail:
+    """A tail of the architecture ``spec`` describes, randomly initialised (load weights into it)."""
+    folder = Path(tempfile.mkdtemp())
+    try:  # open_clip registers configs from files; the spec's name keeps weights keyed alike
+        (folder / f"{spec['model']}.json").write_text(json.dumps(spec["config"]))
+        open_clip.add_model_config(folder / f"{spec['model']}.json")
+    finally:
+        shutil.rmtree(folder)
+    model = open_clip.create_model(spec["model"], pretrained=None, force_quick_gelu=spec["quick_gelu"])
+    return ClipTail(model.visual, n)
 
 
 @torch.no_grad()

@@ -42,7 +42,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -119,6 +120,7 @@ class Shard:
     valid: np.ndarray  # (n,) bool
     rejects: list[dict[str, str]]
     offsets: np.ndarray | None = None  # clip_text: caption offsets, read once on first use
+    _datasets: dict[str, h5py.Dataset] = field(default_factory=dict)
 
     def check_valid(self, row: int) -> None:
         if not self.valid[row]:
@@ -126,9 +128,11 @@ class Shard:
             raise StoreError(f"{self.path}: image {self.image_ids[row]} was rejected at extraction ({reason})")
 
     def read(self, name: str, rows: slice | int | list[int] | None = None) -> np.ndarray:
-        if name not in self.file:
-            raise StoreError(f"{self.path}: no dataset {name!r}")
-        dataset = self.file[name]
+        dataset = self._datasets.get(name)
+        if dataset is None:  # h5py name lookups cost more than small reads: look each up once
+            if name not in self.file:
+                raise StoreError(f"{self.path}: no dataset {name!r}")
+            dataset = self._datasets[name] = self.file[name]
         return dataset[()] if rows is None else dataset[rows]
 
     def close(self) -> None:
@@ -158,19 +162,27 @@ def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Se
 
 class FeatureReader:
     """Random access by manifest index over one kind's shards; files open lazily, on first use
-    in the process that uses them (so each DataLoader worker gets its own handles)."""
+    in the process that uses them (so each DataLoader worker gets its own handles). At most
+    ``max_open`` shards stay open (least recently used closed first), so memory does not grow
+    with the number of shards."""
 
-    def __init__(self, store: Path, kind: str, shard_size: int, n_images: int, expected: Mapping[str, Any]):
+    def __init__(self, store: Path, kind: str, shard_size: int, n_images: int, expected: Mapping[str, Any],
+                 max_open: int = 16):
         self.store, self.kind, self.shard_size, self.expected = Path(store), kind, shard_size, dict(expected)
         self.n_shards = len(shard_slices(n_images, shard_size))
-        self._open: dict[int, Shard] = {}
+        self.max_open = max_open
+        self._open: OrderedDict[int, Shard] = OrderedDict()
         self._pid = os.getpid()
 
     def shard(self, index: int) -> Shard:
         if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles
-            self._open, self._pid = {}, os.getpid()
-        if index not in self._open:
-            self._open[index] = open_shard(shard_path(self.store, self.kind, index), self.kind, self.expected)
+            self._open, self._pid = OrderedDict(), os.getpid()
+        if index in self._open:
+            self._open.move_to_end(index)
+            return self._open[index]
+        while len(self._open) >= self.max_open:
+            self._open.popitem(last=False)[1].close()
+        self._open[index] = open_shard(shard_path(self.store, self.kind, index), self.kind, self.expected)
         return self._open[index]
 
     def validate_all(self) -> None:
@@ -188,39 +200,43 @@ class FeatureReader:
     def row(self, manifest_index: int, name: str) -> np.ndarray:
         return self.rows([manifest_index], name)[0]
 
-    def _by_shard(self, manifest_indices: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
-        """shard → [(position in the request, row in the shard)], rows checked valid."""
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for position, index in enumerate(manifest_indices):
-            shard = self.shard(index // self.shard_size)
-            shard.check_valid(index - shard.first_index)
-            groups.setdefault(index // self.shard_size, []).append((position, index - shard.first_index))
+    def _by_shard(self, manifest_indices: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """shard → (positions in the request, rows in the shard), every row checked valid."""
+        indices = np.asarray(manifest_indices, dtype=np.int64)
+        shard_of = indices // self.shard_size
+        groups = {}
+        for shard_index in np.unique(shard_of).tolist():
+            positions = np.flatnonzero(shard_of == shard_index)
+            shard = self.shard(shard_index)
+            rows = indices[positions] - shard.first_index
+            for row in rows[~shard.valid[rows]][:1]:
+                shard.check_valid(int(row))  # raises, naming the image and why it was rejected
+            groups[shard_index] = (positions, rows)
         return groups
 
     def rows(self, manifest_indices: Sequence[int], name: str) -> list[np.ndarray]:
         """One dataset's rows for many images, with one HDF5 read per shard (not per image):
         per-read overhead, not bytes, is what limits random access."""
         out: list[np.ndarray] = [None] * len(manifest_indices)  # type: ignore[list-item]
-        for shard_index, wanted in self._by_shard(manifest_indices).items():
-            unique = sorted({row for _, row in wanted})
-            block = self.shard(shard_index).read(name, unique)
-            where = {row: k for k, row in enumerate(unique)}
-            for position, row in wanted:
-                out[position] = block[where[row]]
+        for shard_index, (positions, rows) in self._by_shard(manifest_indices).items():
+            unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing rows
+            block = self.shard(shard_index).read(name, unique.tolist())
+            for position, k in zip(positions.tolist(), inverse.tolist()):
+                out[position] = block[k]
         return out
 
     def captions(self, manifest_indices: Sequence[int]) -> list[np.ndarray]:
         """clip_text only: each image's caption embeddings (n_captions, d), one read per shard."""
         out: list[np.ndarray] = [None] * len(manifest_indices)  # type: ignore[list-item]
-        for shard_index, wanted in self._by_shard(manifest_indices).items():
+        for shard_index, (positions, rows) in self._by_shard(manifest_indices).items():
             shard = self.shard(shard_index)
-            offsets = shard.offsets if shard.offsets is not None else shard.read("offsets")
-            shard.offsets = offsets  # (n + 1,) integers per shard: kept, it is tiny
-            spans = {row: range(int(offsets[row]), int(offsets[row + 1])) for _, row in wanted}
+            if shard.offsets is None:
+                shard.offsets = shard.read("offsets")  # (n + 1,) integers per shard: kept, it is tiny
+            spans = {row: range(int(shard.offsets[row]), int(shard.offsets[row + 1])) for row in rows.tolist()}
             unique = sorted({r for span in spans.values() for r in span})
             block = shard.read("embeddings", unique)
             where = {r: k for k, r in enumerate(unique)}
-            for position, row in wanted:
+            for position, row in zip(positions.tolist(), rows.tolist()):
                 out[position] = block[[where[r] for r in spans[row]]]
         return out
 

@@ -43,6 +43,7 @@ class StoreConfig:
     num_workers: int = 2  # DataLoader workers decoding images
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     on_bad_image: str = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
+    max_open_shards: int = 16  # readers keep at most this many shards open per kind (LRU)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     except (OSError, yaml.YAMLError) as err:
         raise ParamsError(f"{path}: cannot read ({err})") from err
     try:
-        return build(Params, raw, "params")
+        params = build(Params, raw, "params")
     except ParamsError as err:
         raise ParamsError(f"{path}: {err}") from err
+    if params.model.finetune_clip and not params.clip.cache_tokens:
+        raise ParamsError(f"{path}: model.finetune_clip needs clip.cache_tokens: true (the tokens entering "
+                          "CLIP's last blocks must be in the store)")
+    return params

@@ -37,3 +37,32 @@ def tiny_language(tmp_path_factory):
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A 2-block open_clip model (64 px, width 32, d = 24) with its own tokenizer, saved as files:
+    (its ClipConfig, the model)."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from features.clip import ClipConfig
+    from pipeline.demo_encoders.clip import clip_config
+    from pipeline.demo_encoders.language import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = train_tokenizer(["a red circle", "a blue square on the beach"] * 4, vocab_size=280)
+    tokenizer.save_pretrained(folder / "tok")
+    config = clip_config(len(tokenizer), tokenizer.eos_token_id)
+    config["vision_cfg"].update(layers=2, width=32, head_width=16, image_size=64)
+    config["text_cfg"].update(layers=1, width=32, heads=2)
+    config["embed_dim"] = 24
+    (folder / "test-clip.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder / "test-clip.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("test-clip")
+    save_file(model.state_dict(), str(folder / "test-clip.safetensors"))
+    return ClipConfig(model="test-clip", pretrained=str(folder / "test-clip.safetensors"),
+                      config_file=str(folder / "test-clip.json"), tokenizer=str(folder / "tok")), model

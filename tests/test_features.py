@@ -3,7 +3,6 @@ build and save themselves; extraction on generated and real images."""
 import json
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
@@ -13,29 +12,9 @@ from torchvision.transforms.functional import to_tensor
 from features.clip import ClipConfig, encode_from_tokens, encode_images, encode_texts, load_clip
 from features.images import ImageError, load_rgb
 from features.regions import DetectorConfig, build_detector, detect_regions, load_detector, pad_regions
-from pipeline.demo_encoders.clip import clip_config
-from pipeline.demo_encoders.language import train_tokenizer
 from tests.conftest import REAL_SAMPLE
 
 CLASSES = ["__background__", "circle", "square"]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = train_tokenizer(["a red circle", "a blue square on the beach"] * 4, vocab_size=280)
-    tokenizer.save_pretrained(folder / "tok")
-    config = clip_config(len(tokenizer), tokenizer.eos_token_id)
-    config["vision_cfg"].update(layers=2, width=32, head_width=16, image_size=64)
-    config["text_cfg"].update(layers=1, width=32, heads=2)
-    config["embed_dim"] = 24
-    (folder / "test-clip.json").write_text(json.dumps(config))
-    open_clip.add_model_config(folder / "test-clip.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("test-clip")
-    save_file(model.state_dict(), str(folder / "test-clip.safetensors"))
-    return ClipConfig(model="test-clip", pretrained=str(folder / "test-clip.safetensors"),
-                      config_file=str(folder / "test-clip.json"), tokenizer=str(folder / "tok")), model
 
 
 def _images(tmp_path, n=3):

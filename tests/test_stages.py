@@ -7,6 +7,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from features.store import StoreError, shard_path
@@ -152,3 +153,26 @@ def test_region_keywords_by_faiss_retrieval_over_crops(project):
     cosine = unit(crops[0, : counts[0]]) @ unit(bank).T
     assert ids[0, : counts[0], 0].tolist() == cosine.argmax(1).tolist()
     np.testing.assert_allclose(scores[0, : counts[0], 0], cosine.max(1), atol=2e-3)
+
+
+def test_training_fine_tunes_clip_from_cached_tokens(project):
+    """clip.cache_tokens + model.finetune_clip through the real train and evaluate stages: the
+    saved captioner carries its own CLIP tail, which phase 2 moved away from the extractor's."""
+    from features.clip import load_clip
+    from pipeline.params import load_params
+    from pipeline.stages import evaluate, train
+    from train.model import load_captioner
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["clip"]["cache_tokens"] = True
+    params["model"]["finetune_clip"] = True
+    params["train"].update(phase1_epochs=1, phase2_epochs=1, batch_size=8, val_images=0)
+    params["evaluate"]["decode"].update(method="greedy")
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in (clip_image, regions, clip_text, knn, region_keywords, train, evaluate):
+        stage.main()
+    model, config = load_captioner(project / "models/captioner")
+    clip = load_clip(load_params(project / "params.yaml").clip, "cpu")
+    assert config["clip_tail"]["model"] == params["clip"]["model"] and model.clip_tail is not None
+    assert not torch.equal(model.clip_tail.blocks[-1].mlp.c_fc.weight, clip.model.visual.transformer.resblocks[-1].mlp.c_fc.weight)
+    assert json.loads((project / "results/metrics.json").read_text())["n_images"] == 2

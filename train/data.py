@@ -25,6 +25,7 @@ class StoreSpec:
     shard_size: int
     image_ids: list[str]
     expected: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> provenance
+    max_open_shards: int = 16  # per kind and process (each open HDF5 file costs ~0.5 MB)
 
 
 class CachedFeatures:
@@ -32,9 +33,10 @@ class CachedFeatures:
 
     KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords")
 
-    def __init__(self, spec: StoreSpec):
+    def __init__(self, spec: StoreSpec, with_tokens: bool = False):
+        self.with_tokens = with_tokens  # also the cached ViT tokens (for fine-tuning CLIP's last blocks)
         self.readers = {kind: FeatureReader(spec.dir, kind, spec.shard_size, len(spec.image_ids),
-                                            spec.expected.get(kind, {})) for kind in self.KINDS}
+                                            spec.expected.get(kind, {}), spec.max_open_shards) for kind in self.KINDS}
 
     def validate(self) -> None:
         for reader in self.readers.values():
@@ -53,48 +55,59 @@ class CachedFeatures:
             return self.readers[kind].rows(indices, name)
 
         counts = [int(c) for c in rows("regions", "counts")]
-        columns = {
-            "clip": rows("clip_image", "embeddings"), "features": rows("regions", "features"),
+        per_region = {  # padded to the store's max regions: cut to each image's count
+            "features": rows("regions", "features"),
             "keyword_ids": rows("region_keywords", "ids"), "keyword_scores": rows("region_keywords", "scores"),
             "neighbors": rows("knn", "neighbors"), "weights": rows("knn", "weights"),
         }
-        captions = self.readers["clip_text"].captions(indices)
+        per_image = {"clip": rows("clip_image", "embeddings"), "caption_text": self.readers["clip_text"].captions(indices)}
+        if self.with_tokens:
+            per_image["clip_tokens"] = rows("clip_image", "tokens")
         dtypes = {"keyword_ids": np.int64, "neighbors": np.int32}
         return [{
-            **{name: (values[k] if name == "clip" else values[k][:counts[k]]).astype(dtypes.get(name, np.float32))
-               for name, values in columns.items()},
-            "caption_text": captions[k].astype(np.float32),
+            **{name: values[k][:counts[k]].astype(dtypes.get(name, np.float32)) for name, values in per_region.items()},
+            **{name: values[k].astype(np.float32) for name, values in per_image.items()},
         } for k in range(len(indices))]
 
 
-def tokenize_caption(tokenizer: PreTrainedTokenizerBase, caption: str, max_tokens: int) -> list[int]:
-    """Caption token ids followed by EOS (GPT-2 appends no special tokens itself)."""
-    ids = tokenizer(caption, add_special_tokens=False).input_ids[: max_tokens - 1]
-    return ids + [tokenizer.eos_token_id]
+def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: list[str], max_tokens: int,
+                      chunk: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """Every caption's token ids followed by EOS (GPT-2 appends no special tokens itself), cut to
+    ``max_tokens``, as one flat int32 array and offsets (n + 1,): compact, and tokenized once
+    rather than in every epoch."""
+    lengths, flat = [0], []
+    for start in range(0, len(captions), chunk):
+        for ids in tokenizer(captions[start:start + chunk], add_special_tokens=False).input_ids:
+            ids = ids[: max_tokens - 1] + [tokenizer.eos_token_id]
+            flat.append(np.asarray(ids, dtype=np.int32))
+            lengths.append(len(ids))
+    return (np.concatenate(flat) if flat else np.zeros(0, np.int32)), np.cumsum(lengths)
 
 
 class CaptionPairs(Dataset):
-    """One item per (image, reference caption) pair of the given images: the training set."""
+    """One item per (image, reference caption) pair of the given images: the training set. The
+    index is a few numpy arrays (no Python object per pair), so it stays small at COCO scale."""
 
     def __init__(self, features: CachedFeatures, indices: list[int], captions: list[list[str]],
                  tokenizer: PreTrainedTokenizerBase, max_tokens: int):
-        self.features, self.tokenizer, self.max_tokens = features, tokenizer, max_tokens
-        self.pairs = [(i, c, text) for i, caps in zip(indices, captions) for c, text in enumerate(caps)]
+        self.features = features
+        self.image = np.repeat(np.asarray(indices, dtype=np.int64), [len(c) for c in captions])  # (P,)
+        self.caption = np.concatenate([np.arange(len(c)) for c in captions]) if captions else np.zeros(0, np.int64)
+        self.tokens, self.offsets = tokenize_captions(tokenizer, [t for caps in captions for t in caps], max_tokens)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.image)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         return self.__getitems__([k])[0]
 
     def __getitems__(self, ks: list[int]) -> list[dict[str, Any]]:
         """The DataLoader asks for a whole batch at once: one store read per shard and dataset."""
-        pairs = [self.pairs[k] for k in ks]
-        items = self.features.images([index for index, _, _ in pairs])
-        for item, (index, c, text) in zip(items, pairs):
-            item["text"] = item.pop("caption_text")[c]
-            item["tokens"] = tokenize_caption(self.tokenizer, text, self.max_tokens)
-            item["index"] = index
+        items = self.features.images(self.image[ks].tolist())
+        for item, k in zip(items, ks):
+            item["text"] = item.pop("caption_text")[self.caption[k]]
+            item["tokens"] = self.tokens[self.offsets[k]:self.offsets[k + 1]]
+            item["index"] = int(self.image[k])
         return items
 
 
@@ -152,12 +165,14 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
         "text": torch.from_numpy(np.stack([it["text"] for it in items])),
         "index": torch.tensor([it["index"] for it in items]),
     }
+    if "clip_tokens" in items[0]:
+        batch["clip_tokens"] = torch.from_numpy(np.stack([it["clip_tokens"] for it in items]))  # (B, L, width)
     if "tokens" in items[0]:
         length = max(len(it["tokens"]) for it in items)
         tokens = torch.full((len(items), length), pad_id, dtype=torch.long)
         mask = torch.zeros(len(items), length, dtype=torch.long)
         for b, it in enumerate(items):
-            tokens[b, :len(it["tokens"])] = torch.tensor(it["tokens"])
+            tokens[b, :len(it["tokens"])] = torch.as_tensor(it["tokens"])
             mask[b, :len(it["tokens"])] = 1
         batch["tokens"], batch["mask"] = tokens, mask
     return batch

@@ -16,6 +16,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
 
+from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
@@ -40,6 +41,7 @@ class ModelConfig:
     mapping_hidden: int = 0  # mlp: hidden width, 0 = ClipCap's (prefix_length * h) // 2
     mapping_layers: int = 8  # transformer: encoder layers
     mapping_clip_length: int = 10  # transformer: tokens the input is projected to
+    finetune_clip: bool = False  # phase 2 also trains CLIP's last two vision blocks, from cached tokens
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,12 @@ class Prefix:
 class Captioner(nn.Module):
     def __init__(self, cfg: ModelConfig, dims: FeatureDims, gpt2: GPT2LMHeadModel,
                  tokenizer: PreTrainedTokenizerBase, scene_bank: torch.Tensor | None = None,
-                 object_bank: torch.Tensor | None = None):
+                 object_bank: torch.Tensor | None = None, clip_tail: ClipTail | None = None):
         super().__init__()
         self.cfg, self.dims, self.gpt2, self.tokenizer = cfg, dims, gpt2, tokenizer
+        if cfg.finetune_clip != (clip_tail is not None):
+            raise ValueError("model.finetune_clip needs a CLIP tail (and a tail needs model.finetune_clip)")
+        self.clip_tail = clip_tail  # CLIP's last blocks: recomputes the image embedding from cached tokens
         d, h = dims.clip, gpt2.config.n_embd
         self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
                                cfg.gat_edge_weights) if cfg.gat else None)
@@ -88,12 +93,13 @@ class Captioner(nn.Module):
             raise ValueError(f"model.mapping: unknown {cfg.mapping!r}; known: {MAPPERS}")
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
-        n_images = batch["clip"].shape[0]
+        clip = self.clip_tail(batch["clip_tokens"]) if self.clip_tail is not None else batch["clip"]  # (B, d)
+        n_images = clip.shape[0]
         x = batch["x"]  # (V, D) all regions of the batch
         if self.gat is not None:
             x, _ = self.gat(x, batch["edge_index"], batch["edge_weight"])  # (V, hidden*heads)
         regions = scatter(x, batch["node_batch"], dim=0, dim_size=n_images, reduce="mean")  # (B, ·)
-        fused = self.fuse(torch.cat([batch["clip"], regions], dim=-1))  # (B, d)
+        fused = self.fuse(torch.cat([clip, regions], dim=-1))  # (B, d)
         parts, gate, scene_attention = [fused], None, None
         if self.global_guidance is not None:
             guide, scene_attention = self.global_guidance(fused)
@@ -147,7 +153,9 @@ def load_captioner(folder: Path) -> tuple[Captioner, dict]:
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     gpt2, tokenizer = load_gpt2(str(folder / "gpt2"))
-    model = Captioner(ModelConfig(**config["model"]), FeatureDims(**config["dims"]), gpt2, tokenizer)
+    cfg = ModelConfig(**config["model"])
+    tail = build_tail(config["clip_tail"]) if cfg.finetune_clip else None
+    model = Captioner(cfg, FeatureDims(**config["dims"]), gpt2, tokenizer, clip_tail=tail)
     missing, unexpected = model.load_state_dict(load_file(str(folder / "weights.safetensors")), strict=False)
     if unexpected or any(not k.startswith("gpt2.") for k in missing):
         raise ValueError(f"{folder}: weights do not fit the config (missing {missing}, unexpected {unexpected})")

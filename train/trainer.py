@@ -2,6 +2,7 @@
 and the best model (by the validation scorer the caller hands in) saved as one folder."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -12,11 +13,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from dvclive import Live
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dvclive import Live
 from train.data import collate
+from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
 from train.losses import LossConfig, total_loss
 from train.model import Captioner
 
@@ -71,13 +75,13 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
-    """The checkpoint of an interrupted run of the same configuration, else None."""
+def load_checkpoint(path: Path, fingerprint: str, world_size: int = 1) -> dict | None:
+    """The checkpoint of an interrupted run of the same configuration and world size, else None."""
     if not path.exists():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
-        log.info("%s belongs to another configuration: starting afresh", path)
+    if (state.get("fingerprint"), state.get("world_size")) != (fingerprint, world_size):
+        log.info("%s belongs to another configuration or number of processes: starting afresh", path)
         return None
     return state
 
@@ -95,85 +99,127 @@ def _mixed_precision(precision: str, device: torch.device):
 
 
 def set_phase(model: Captioner, phase: int) -> None:
-    """Phase 1 freezes GPT-2; phase 2 trains everything."""
+    """Phase 1 freezes GPT-2 (and CLIP's tail, if fine-tuned); phase 2 trains everything."""
     model.gpt2.requires_grad_(phase == 2)
+    if model.clip_tail is not None:
+        model.clip_tail.requires_grad_(phase == 2)
+
+
+class Objective(nn.Module):
+    """The training loss as a module's forward: DDP synchronises gradients only for computations
+    that run through the forward of the module it wraps."""
+
+    def __init__(self, model: Captioner, cfg: LossConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return total_loss(self.model, batch, self.cfg)
+
+
+def _objective(model: Captioner, cfg: LossConfig, world: World, device: torch.device) -> nn.Module:
+    """Built anew at each phase: DDP registers the parameters that require grad at construction."""
+    objective = Objective(model, cfg)
+    if world.size == 1:
+        return objective
+    return DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scaler, autocast,
+                 cfg: TrainConfig, device: torch.device, desc: str) -> dict[str, float]:
+    """One pass over the loader; returns the mean of each loss part."""
+    sums: dict[str, float] = {}
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        with autocast:
+            parts = objective(_to(batch, device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(parts["total"]).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+    return {k: v / len(loader) for k, v in sums.items()}
+
+
 def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir: Path,
           scorer: Callable[[Captioner], dict[str, float]], score_key: str, device: torch.device,
-          save_extra: dict | None = None, checkpoint: Path | None = None, fingerprint: str = "") -> dict[str, float]:
+          save_extra: dict | None = None, checkpoint: Path | None = None, fingerprint: str = "",
+          world: World = World()) -> dict[str, float]:
     """Train, validating with ``scorer`` after each epoch; the best epoch by ``score_key`` is
     saved to ``out_dir``, dvclive logs go to ``live_dir``. After every epoch the whole training
-    state (weights, optimizer, schedule, RNG streams, best so far) goes to ``checkpoint``; a run
-    with the same ``fingerprint`` (its configuration and code) resumes from there and ends exactly
-    as an uninterrupted one. A finished run deletes its checkpoint. Returns the best validation
-    scores."""
-    seed_everything(cfg.seed)
+    state (weights, optimizer, schedule, RNG streams of every rank, best so far) goes to
+    ``checkpoint``; a run with the same ``fingerprint`` (its configuration and code) and world size
+    resumes from there and ends exactly as an uninterrupted one. A finished run deletes its
+    checkpoint. Under torchrun (``world`` from :func:`train.distributed.process_group`) each rank
+    trains on its share of every batch with DDP, and rank 0 alone validates, logs and writes.
+    Returns the best validation scores."""
+    seed_everything(cfg.seed + 1000 * world.rank)  # rank 0 draws what a one-process run draws
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.lr_decay)
     best: dict[str, float] = {score_key: -math.inf}
     start = 0
-    state = load_checkpoint(checkpoint, fingerprint) if checkpoint else None
+    state = load_checkpoint(checkpoint, fingerprint, world.size) if checkpoint else None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"][world.rank])
         best, start = state["best"], state["epoch"] + 1
         log.info("resuming after epoch %d from %s", state["epoch"], checkpoint)
     autocast, scaler = _mixed_precision(cfg.precision, device)
     if cfg.compile:
         model.gpt2.forward = torch.compile(model.gpt2.forward)
     collate_fn = partial(collate, pad_id=model.tokenizer.pad_token_id)
-    epochs = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs
-    with Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False) as live:
-        for epoch in range(start, len(epochs)):
-            phase = epochs[epoch]
+    phases = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs
+    live_or_none = (Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False)
+                    if world.is_main else contextlib.nullcontext())
+    with live_or_none as live:
+        for epoch in range(start, len(phases)):
+            phase = phases[epoch]
             set_phase(model, phase)
             model.train()
-            # the shuffle depends on (seed, epoch) only, so a resumed run sees the same batches
-            order = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=order,
-                                num_workers=cfg.num_workers, collate_fn=collate_fn)
-            sums: dict[str, float] = {}
-            for batch in tqdm(loader, desc=f"epoch {epoch} (phase {phase})", unit="batch", leave=False):
-                with autocast:
-                    parts = total_loss(model, _to(batch, device), cfg.loss)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(parts["total"]).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v.item()
+            batches = GlobalBatches(len(train_set), cfg.batch_size, cfg.seed, epoch, world)
+            loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_fn)
+            objective = _objective(model, cfg.loss, world, device)
+            losses = mean_over_ranks(_train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
+                                                  f"epoch {epoch} (phase {phase})"), world)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             model.eval()
-            scores = scorer(model)
-            # an epoch's rows are logged together, once it is complete, at step = epoch, so a
-            # resumed run adds none twice
-            live.step = epoch
-            live.log_metric("train/lr", lr)
-            for k, v in sums.items():
-                live.log_metric(f"train/loss_{k}", v / len(loader))
-            for k, v in scores.items():
-                live.log_metric(f"val/{k}", v)
-            log.info("epoch %d phase %d: loss %.3f, val %s", epoch, phase, sums["total"] / len(loader), scores)
+            scores = broadcast(scorer(model) if world.is_main else None, world)
             if scores[score_key] > best[score_key]:
                 best = dict(scores, epoch=epoch)
-                model.save(out_dir, extra=save_extra)
-            live.next_step()
-            if checkpoint:
+                if world.is_main:
+                    model.save(out_dir, extra=save_extra)
+            rng = gather(_rng_state(), world)
+            if world.is_main:
+                _log_epoch(live, epoch, lr, losses, scores)
+            if checkpoint and world.is_main:
                 save_checkpoint(checkpoint, {
-                    "fingerprint": fingerprint, "epoch": epoch, "best": best, "rng": _rng_state(),
+                    "fingerprint": fingerprint, "epoch": epoch, "best": best, "rng": rng, "world_size": world.size,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict()})
-    if checkpoint:
+            barrier(world)  # no rank starts the next epoch before the checkpoint is complete
+    if checkpoint and world.is_main:
         checkpoint.unlink(missing_ok=True)  # finished: a later run (dvc repro -f) starts afresh
     return best
+
+
+def _log_epoch(live: Live, epoch: int, lr: float, losses: dict[str, float], scores: dict[str, float]) -> None:
+    """An epoch's rows are logged together, once it is complete, at step = epoch, so a resumed run
+    adds none twice."""
+    live.step = epoch
+    live.log_metric("train/lr", lr)
+    for k, v in losses.items():
+        live.log_metric(f"train/loss_{k}", v)
+    for k, v in scores.items():
+        live.log_metric(f"val/{k}", v)
+    log.info("epoch %d: loss %.3f, val %s", epoch, losses["total"], scores)
+    live.next_step()

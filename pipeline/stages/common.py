@@ -150,11 +150,12 @@ def _summarize_rejects(store: Path, kind: str, n_shards: int) -> None:
                     store / kind / "rejects.json", rejects[0]["reason"])
 
 
-def open_features(params: Params, manifest: dict[str, Any]) -> CachedFeatures:
-    """The store, validated against the current parameters before any training or decoding."""
+def open_features(params: Params, manifest: dict[str, Any], with_tokens: bool = False) -> CachedFeatures:
+    """The store, validated against the current parameters before any training or decoding;
+    ``with_tokens`` also serves the cached CLIP tokens (for a model that fine-tunes CLIP's tail)."""
     spec = StoreSpec(Path(params.store.dir), params.store.shard_size, [e["id"] for e in manifest["images"]],
-                     expected(params))
-    features = CachedFeatures(spec)
+                     expected(params), params.store.max_open_shards)
+    features = CachedFeatures(spec, with_tokens)
     features.validate()
     return features
 

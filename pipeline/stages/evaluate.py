@@ -20,7 +20,7 @@ def main() -> None:
     model, config = load_captioner(OUT)
     for kind, record in expected(params).items():  # the model must have been trained on these features
         check_provenance(OUT / "config.json", config["features"][kind], record)
-    features = open_features(params, manifest)
+    features = open_features(params, manifest, with_tokens=model.clip_tail is not None)
     images = manifest["images"]
     indices = split_indices(manifest, params.evaluate.split, features)
     captions = caption_images(model, Images(features, indices), params.evaluate.decode, params.evaluate.batch_size,

@@ -1,4 +1,8 @@
-"""Stage `train`: the captioner on cached features → models/captioner (best by validation CIDEr)."""
+"""Stage `train`: the captioner on cached features → models/captioner (best by validation CIDEr).
+
+Data-parallel on N processes (gloo on CPU, nccl on GPUs; ``train.batch_size`` stays the global
+batch): ``torchrun --standalone --nproc_per_node N -m pipeline.stages.train``."""
+import copy
 import hashlib
 import json
 from dataclasses import asdict
@@ -8,12 +12,14 @@ import torch
 
 import train as train_package
 from eval.metrics import cider
+from features.clip import ClipTail, load_clip, tail_spec
 from features.store import read_bank
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of
 from pipeline.stages.common import load_manifest, open_features, split_indices, start, write_json
 from train.data import CaptionPairs, Images
 from train.decode import DecodeConfig, caption_images
+from train.distributed import process_group
 from train.model import Captioner, FeatureDims, load_gpt2
 from train.trainer import seed_everything, train
 
@@ -25,7 +31,7 @@ def main() -> None:
     params = start()
     manifest = load_manifest()
     device = device_of(params.store.device)
-    features = open_features(params, manifest)
+    features = open_features(params, manifest, params.model.finetune_clip)
     bank_file = Path(params.store.dir) / "keywords.h5"
     scene_words, scene_bank = read_bank(bank_file, "scene", keyword_bank(params))
     object_words, object_bank = read_bank(bank_file, "object", keyword_bank(params))
@@ -36,7 +42,13 @@ def main() -> None:
                        scene_bank=len(scene_words), object_bank=len(object_words))
     seed_everything(params.train.seed)
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
-    model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank))
+    extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words}
+    tail = None
+    if params.model.finetune_clip:  # the captioner's own copy of CLIP's last blocks, from the extractor's weights
+        clip = load_clip(params.clip, torch.device("cpu"))
+        tail, extra["clip_tail"] = copy.deepcopy(ClipTail(clip.model.visual)), tail_spec(clip)
+    model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank),
+                      tail)
 
     train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
                              params.train.max_tokens)
@@ -48,14 +60,15 @@ def main() -> None:
         captions = caption_images(m, val_set, greedy, params.train.batch_size, device)
         return {"CIDEr_greedy": cider(references, {images[i]["id"]: c for i, c in zip(val_idx, captions)})}
 
-    extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words}
     # a checkpoint is resumed only by a run of the same configuration and code on the same data
     code = [path.read_text() for path in sorted(Path(train_package.__file__).parent.glob("*.py"))]
     fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
                                              code], sort_keys=True).encode()).hexdigest()
-    best = train(model, train_set, params.train, OUT, Path("dvclive"), scorer, "CIDEr_greedy", device, extra,
-                 checkpoint=CHECKPOINT, fingerprint=fingerprint)
-    write_json(Path("results/train.json"), best)
+    with process_group(device) as world:  # under torchrun: DDP, rank 0 validates and writes
+        best = train(model, train_set, params.train, OUT, Path("dvclive"), scorer, "CIDEr_greedy", device, extra,
+                     checkpoint=CHECKPOINT, fingerprint=fingerprint, world=world)
+        if world.is_main:
+            write_json(Path("results/train.json"), best)
 
 
 if __name__ == "__main__":
