@@ -33,10 +33,15 @@ class CachedFeatures:
 
     KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords")
 
-    def __init__(self, spec: StoreSpec, with_tokens: bool = False):
+    def __init__(self, spec: StoreSpec, with_tokens: bool = False, with_text: bool = True):
         self.with_tokens = with_tokens  # also the cached ViT tokens (for fine-tuning CLIP's last blocks)
+        kinds = self.KINDS if with_text else tuple(k for k in self.KINDS if k != "clip_text")  # new images: no captions
         self.readers = {kind: FeatureReader(spec.dir, kind, spec.shard_size, len(spec.image_ids),
-                                            spec.expected.get(kind, {}), spec.max_open_shards) for kind in self.KINDS}
+                                            spec.expected.get(kind, {}), spec.max_open_shards) for kind in kinds}
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
 
     def validate(self) -> None:
         for reader in self.readers.values():
@@ -60,7 +65,9 @@ class CachedFeatures:
             "keyword_ids": rows("region_keywords", "ids"), "keyword_scores": rows("region_keywords", "scores"),
             "neighbors": rows("knn", "neighbors"), "weights": rows("knn", "weights"),
         }
-        per_image = {"clip": rows("clip_image", "embeddings"), "caption_text": self.readers["clip_text"].captions(indices)}
+        per_image = {"clip": rows("clip_image", "embeddings")}
+        if "clip_text" in self.readers:
+            per_image["caption_text"] = self.readers["clip_text"].captions(indices)
         if self.with_tokens:
             per_image["clip_tokens"] = rows("clip_image", "tokens")
         dtypes = {"keyword_ids": np.int64, "neighbors": np.int32}
@@ -127,7 +134,8 @@ class Images(Dataset):
         indices = [self.indices[k] for k in ks]
         items = self.features.images(indices)
         for item, index in zip(items, indices):
-            item["text"] = item.pop("caption_text").mean(axis=0)
+            if "caption_text" in item:
+                item["text"] = item.pop("caption_text").mean(axis=0)
             item["index"] = index
         return items
 
@@ -162,9 +170,10 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
         "edge_index": torch.from_numpy(np.concatenate([e + o for e, o in zip(edges, offsets)], axis=1)),
         "edge_weight": torch.from_numpy(np.concatenate(edge_weights)),
         "keyword_ids": keyword_ids, "keyword_scores": keyword_scores,
-        "text": torch.from_numpy(np.stack([it["text"] for it in items])),
         "index": torch.tensor([it["index"] for it in items]),
     }
+    if "text" in items[0]:  # the captions' CLIP embeddings (L_align); absent for new images
+        batch["text"] = torch.from_numpy(np.stack([it["text"] for it in items]))
     if "clip_tokens" in items[0]:
         batch["clip_tokens"] = torch.from_numpy(np.stack([it["clip_tokens"] for it in items]))  # (B, L, width)
     if "tokens" in items[0]:

@@ -49,10 +49,10 @@ class Rank:
         return cls(index, count)
 
 
-def start() -> Params:
+def start(params_file: Path = Path("params.yaml")) -> Params:
     """Parse params.yaml (fails on any bad key before work starts) and set up the process; the
     model hubs stay offline unless a weight is named by a hub tag rather than a local path."""
-    params = load_params(Path("params.yaml"))
+    params = load_params(params_file)
     specs = (params.clip.pretrained, params.model.gpt2)
     runtime.setup(hub_wanted=not all(runtime.is_local(s) for s in specs))
     return params

@@ -1,0 +1,110 @@
+"""Caption new images with a trained model folder.
+
+    python -m pipeline.caption photo.jpg more/photos/ [--model models/captioner] [--jsonl]
+    graphcap-caption ...   (the same, as a console script)
+
+The images go through the pipeline's own feature computations (pipeline/extract.py) into a
+temporary store of real shards, and are read back and decoded by the same code as the evaluate
+stage, so a new image gets exactly what a data-set image gets. params.yaml names the extractor
+weights; the model folder records the features it was trained on, and a mismatch is refused
+naming the key. Unusable files are reported (with the reason) and the others still captioned.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from features.store import check_provenance
+from pipeline.extract import IMAGE_FEATURES
+from pipeline.params import Params, load_params
+from pipeline.provenance import expected
+from pipeline.runtime import device_of
+from pipeline.stages.common import for_each_shard, start
+from train.data import CachedFeatures, Images, StoreSpec
+from train.decode import caption_images
+from train.model import load_captioner
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders searched recursively for image suffixes, in sorted order."""
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def caption_files(paths: list[Path], model_dir: Path, params: Params, device: torch.device) -> list[dict[str, Any]]:
+    """One record per path, in order: {"file", "caption"} or {"file", "error"}."""
+    model, config = load_captioner(model_dir)
+    records = expected(params)
+    for kind in IMAGE_FEATURES:  # the extractors configured now must be those the model was trained on
+        check_provenance(model_dir / "config.json", config["features"][kind], records[kind])
+    entries = [{"id": f"{i:08d}", "path": str(path.resolve()), "split": "new", "captions": []}
+               for i, path in enumerate(paths)]
+    manifest = {"image_root": "/", "images": entries}
+    with tempfile.TemporaryDirectory(prefix="graphcap-caption-") as tmp:
+        banks = Path(params.store.dir) / "keywords.h5"
+        if banks.exists():  # retrieval of local keywords reads the object bank from the store
+            (Path(tmp) / "keywords.h5").symlink_to(banks.resolve())
+        scratch = dataclasses.replace(params, store=dataclasses.replace(params.store, dir=tmp))
+        for kind, factory in IMAGE_FEATURES.items():
+            for_each_shard(scratch, manifest, kind, records[kind], factory(scratch, manifest, device))
+        spec = StoreSpec(Path(tmp), params.store.shard_size, [e["id"] for e in entries], records,
+                         params.store.max_open_shards)
+        features = CachedFeatures(spec, with_tokens=model.clip_tail is not None, with_text=False)
+        errors: dict[str, str] = {}
+        for reader in features.readers.values():  # the first stage to reject a file says why
+            for reject in reader.rejects():
+                errors.setdefault(reject["id"], reject["reason"])
+        good = [i for i, e in enumerate(entries) if e["id"] not in errors]
+        captions = caption_images(model, Images(features, good), params.evaluate.decode, params.evaluate.batch_size,
+                                  device) if good else []
+        features.close()
+    by_index = dict(zip(good, captions))
+    return [{"file": str(path), "caption": by_index[i]} if i in by_index else
+            {"file": str(path), "error": errors[entries[i]["id"]]} for i, path in enumerate(paths)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument("--model", type=Path, default=Path("models/captioner"), help="a trained model folder")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the parameters naming the extractors' weights (and decoding)")
+    parser.add_argument("--decode", choices=("greedy", "beam", "hybrid"), help="override evaluate.decode.method")
+    parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
+    args = parser.parse_args(argv)
+    params = start(args.params)
+    if args.decode:
+        decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
+        params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
+    results = caption_files(collect_images(args.inputs), args.model, params, device_of(params.store.device))
+    for record in results:
+        if args.jsonl:
+            print(json.dumps(record, ensure_ascii=False))
+        elif "caption" in record:
+            print(f"{record['file']}\t{record['caption']}")
+        else:
+            print(f"{record['file']}: not captioned: {record['error']}", file=sys.stderr)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
