@@ -24,7 +24,7 @@ import torch
 
 from features.store import check_provenance
 from pipeline.extract import IMAGE_FEATURES
-from pipeline.params import Params, load_params
+from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
 from pipeline.stages.common import for_each_shard, start

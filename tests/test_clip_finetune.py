@@ -11,8 +11,8 @@ from open_clip.transformer import QuickGELU
 from features.clip import ClipTail, build_tail, encode_images, load_clip, tail_spec
 from pipeline.params import ParamsError, load_params
 from tests.conftest import ROOT
-from tests.test_model import OBJECTS, SCENES, _items
 from tests.test_features import _images
+from tests.test_model import OBJECTS, SCENES, _items
 from train.data import collate
 from train.losses import LossConfig, total_loss
 from train.model import Captioner, FeatureDims, ModelConfig, load_captioner, load_gpt2

@@ -3,7 +3,7 @@ results/metrics.json, captions and per-image scores into results/captions.json."
 import random
 from pathlib import Path
 
-from eval.metrics import coco_scores, cider, spice_unavailable_reason
+from eval.metrics import cider, coco_scores, spice_unavailable_reason
 from features.store import check_provenance
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
