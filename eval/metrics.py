@@ -3,12 +3,16 @@
 BLEU-1..4, METEOR, ROUGE-L and CIDEr always (METEOR and the PTB tokenizer need Java). SPICE runs
 only where Stanford CoreNLP 3.6.0's jars already sit in pycocoevalcap's ``spice/lib`` folder:
 pycocoevalcap would otherwise download them, and nothing here downloads at run time. Scores are
-on pycocoevalcap's scale (papers quote them ×100).
+on pycocoevalcap's scale (papers quote them ×100). Works from a read-only install (see
+:func:`ptb_tokenize`).
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 from pycocoevalcap.bleu.bleu import Bleu
@@ -16,7 +20,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import spice as spice_module
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from pycocoevalcap.tokenizer import ptbtokenizer
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +74,33 @@ def cider(references: dict[str, list[str]], candidates: dict[str, str]) -> float
     return float(Cider().compute_score(gts, res)[0])
 
 
+def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
+    """pycocoevalcap's tokenization (Stanford PTBTokenizer, lower-cased, punctuation tokens
+    dropped), with the same jar and output, but its temporary file in the system's temp folder:
+    pycocoevalcap's own ``PTBTokenizer`` writes it inside the installed package, which fails on a
+    read-only install."""
+    require_java()
+    jar = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
+    keys = [k for k, caps in captions.items() for _ in caps]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="graphcap-ptb-", delete=False, encoding="utf-8") as f:
+        f.write("\n".join(c.replace("\n", " ") for caps in captions.values() for c in caps))
+    try:
+        out = subprocess.run(["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+                              "-lowerCase", f.name], capture_output=True, check=True).stdout.decode()
+    finally:
+        os.unlink(f.name)
+    tokenized: dict[str, list[str]] = {}
+    for key, line in zip(keys, out.split("\n")):
+        words = [w for w in line.rstrip().split(" ") if w not in ptbtokenizer.PUNCTUATIONS]
+        tokenized.setdefault(key, []).append(" ".join(words))
+    return tokenized
+
+
 def _tokenize(references: dict[str, list[str]], candidates: dict[str, str]) -> tuple[dict, dict]:
     """PTB-tokenize both sides, as the COCO evaluation server does."""
     if set(references) != set(candidates):
         raise ValueError("references and candidates must cover the same image ids")
-    require_java()
-    tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in references.items()})
-    res = tokenizer.tokenize({k: [{"caption": candidates[k]}] for k in references})
-    return gts, res
+    return ptb_tokenize(references), ptb_tokenize({k: [candidates[k]] for k in references})
 
 
 def _as_float(value) -> float:

@@ -1,12 +1,15 @@
 """The metric wiring equals pycocoevalcap called directly."""
+from pathlib import Path
+
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer import ptbtokenizer
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from eval.metrics import cider, coco_scores, spice_unavailable_reason
+from eval.metrics import cider, coco_scores, ptb_tokenize, spice_unavailable_reason
 
 REFS = {
     "1": ["a red circle on the beach", "a small red circle by the sea", "the beach has a red circle"],
@@ -42,3 +45,14 @@ def test_spice_is_reported_not_downloaded():
 def test_mismatched_ids_are_refused():
     with pytest.raises(ValueError, match="same image ids"):
         coco_scores(REFS, {"1": "x"})
+
+
+def test_tokenizer_matches_pycocoevalcap_and_leaves_its_folder_alone():
+    captions = {"1": ["A Red circle, on the beach!", "The man's dog -- (running)."], "2": ["Café au lait: yes?"]}
+    folder = Path(ptbtokenizer.__file__).parent
+    before = folder.stat().st_mtime_ns
+    ours = ptb_tokenize(captions)
+    assert folder.stat().st_mtime_ns == before  # nothing created in the package: a read-only install works
+    theirs = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    assert ours == theirs and ours["1"][0] == "a red circle on the beach"
+    assert folder.stat().st_mtime_ns != before  # (pycocoevalcap's own writes there: the check can fail)

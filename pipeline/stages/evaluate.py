@@ -1,9 +1,16 @@
-"""Stage `evaluate`: decode the test split with the trained captioner; pycocoevalcap metrics into
-results/metrics.json, captions and per-image scores into results/captions.json."""
+"""Stage `evaluate`: decode the test split with the trained captioner; pycocoevalcap metrics,
+CLIPScore / RefCLIPScore and (on the demo world) the ground-truth judge into results/metrics.json,
+captions and per-image scores into results/captions.json."""
 import random
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
+
+from eval.clipscore import clip_scores
 from eval.metrics import cider, coco_scores, spice_unavailable_reason
+from eval.world_truth import world_scores
+from features.clip import encode_texts, load_clip
 from features.store import check_provenance
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
@@ -23,12 +30,21 @@ def main() -> None:
     features = open_features(params, manifest, with_tokens=model.clip_tail is not None)
     images = manifest["images"]
     indices = split_indices(manifest, params.evaluate.split, features)
+    device = device_of(params.store.device)
     captions = caption_images(model, Images(features, indices), params.evaluate.decode, params.evaluate.batch_size,
-                              device_of(params.store.device))
+                              device)
     ids = [images[i]["id"] for i in indices]
     references = {images[i]["id"]: images[i]["captions"] for i in indices}
     candidates = dict(zip(ids, captions))
     scores, per_image = coco_scores(references, candidates)
+    embeddings = np.stack(features.readers["clip_image"].rows(indices, "embeddings")).astype(np.float32)
+    clip_corpus, clip_per_image = clip_scores(embeddings, captions, [references[i] for i in ids],
+                                              text_encoder(params, device))
+    scores.update(clip_corpus)
+    per_image.update({name: dict(zip(ids, values.tolist())) for name, values in clip_per_image.items()})
+    truth = {images[i]["id"]: images[i].get("extra", {}) for i in indices}
+    if all("objects" in t for t in truth.values()):  # the demo world: judge captions against what is shown
+        scores.update(world_scores(candidates, truth)[0])
     shuffled = random.Random(0).sample(captions, len(captions))  # chance: captions of other images
     metrics = {**scores, "CIDEr_shuffled_captions": cider(references, dict(zip(ids, shuffled))),
                "n_images": len(ids), "split": params.evaluate.split, "decode": params.evaluate.decode.method}
@@ -40,6 +56,12 @@ def main() -> None:
         {"id": i, "caption": candidates[i], "references": references[i],
          "scores": {name: values[i] for name, values in per_image.items()}} for i in ids])
     print_table(metrics)
+
+
+def text_encoder(params, device) -> Callable[[list[str]], np.ndarray]:
+    """The pipeline's CLIP text tower, for CLIPScore (the images' side is cached)."""
+    clip = load_clip(params.clip, device)
+    return lambda texts: encode_texts(clip, texts, params.clip.batch_size)
 
 
 def print_table(metrics: dict) -> None:
