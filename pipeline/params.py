@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from eval.ablation import AblationConfig
 from features.clip import ClipConfig
 from features.keywords import KeywordConfig
 from features.knn import KnnConfig
@@ -66,6 +67,7 @@ class Params:
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    ablation: AblationConfig
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:

@@ -13,6 +13,8 @@ import yaml
 from tests.conftest import ROOT
 
 DVC = Path(sys.executable).parent / "dvc"
+ABLATION = {"ablation@baseline-0", "ablation@gat_msg-0", "ablation_table"}
+ABLATION_TWO_SEEDS = ABLATION | {"ablation@baseline-1", "ablation@gat_msg-1"}
 
 
 def _project_files() -> list[str]:
@@ -29,7 +31,7 @@ def _dvc(project: Path, *args: str) -> str:
 
 
 def _stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w]+)'", output))
+    return set(re.findall(r"Running stage '([\w@-]+)'", output))
 
 
 def _set(project: Path, updates: dict) -> None:
@@ -56,7 +58,9 @@ def project(tmp_path_factory):
             project / generated).unlink(missing_ok=True)
     _set(project, {"world.n_train": 24, "world.n_val": 6, "world.n_test": 6, "store.shard_size": 16,
                    "store.num_workers": 0, "train.phase1_epochs": 1, "train.phase2_epochs": 1,
-                   "train.val_images": 0, "train.batch_size": 32, "evaluate.decode.beam_size": 2})
+                   "train.val_images": 0, "train.batch_size": 32, "evaluate.decode.beam_size": 2,
+                   "ablation.variants": ["baseline", "gat_msg"], "ablation.seeds": [0],
+                   "ablation.phase1_epochs": 1, "ablation.phase2_epochs": 1})
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tiny world"]):  # dvclive wants a commit
         subprocess.run(git + command, cwd=project, check=True)
@@ -66,7 +70,7 @@ def project(tmp_path_factory):
 def test_repro_runs_every_stage_and_writes_metrics(project):
     output = _dvc(project, "repro")
     assert _stages_run(output) == {"world", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords",
-                                   "train", "evaluate"}
+                                   "train", "evaluate", *ABLATION}
     metrics = json.loads((project / "results/metrics.json").read_text())
     for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert 0 <= metrics[name] < 10
@@ -78,7 +82,10 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
         "rejects.json", "shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
     assert json.loads((project / "data/features/regions/rejects.json").read_text()) == []
     shown = _dvc(project, "metrics", "show")
-    assert "CIDEr" in shown
+    assert "CIDEr" in shown and "results/ablations.json" in shown
+    table = (project / "results/ablations.md").read_text().splitlines()
+    assert table[0].startswith("| model | seeds | BLEU-4") and len(table) == 4  # header, rule, two rows
+    assert "Baseline" in table[2] and "MSG" in table[3] and "±" in table[2]
 
 
 def test_second_repro_does_nothing(project):
@@ -99,8 +106,10 @@ def test_pushed_features_pulled_into_a_clone_need_no_recompute(project, tmp_path
     assert _stages_run(_dvc(clone, "repro")) == set()
 
 
-def test_train_parameter_reruns_only_train_and_evaluate(project):
+def test_parameters_rerun_only_what_depends_on_them(project):
+    _set(project, {"ablation.seeds": [0, 1]})  # one more seed: only its cells and the table
+    assert _stages_run(_dvc(project, "repro")) == {"ablation@baseline-1", "ablation@gat_msg-1", "ablation_table"}
     _set(project, {"train.lr": 0.002})
-    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate"}
+    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate", *ABLATION_TWO_SEEDS}
     _set(project, {"knn.k": 3})
-    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate"}
+    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate", *ABLATION_TWO_SEEDS}

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from eval.clipscore import clip_scores
 from eval.metrics import cider, coco_scores, spice_unavailable_reason
 from eval.world_truth import world_scores
 from features.clip import encode_texts, load_clip
 from features.store import check_provenance
+from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
 from pipeline.stages.common import load_manifest, open_features, split_indices, start, write_json
@@ -23,10 +25,18 @@ from train.model import load_captioner
 
 def main() -> None:
     params = start()
-    manifest = load_manifest()
-    model, config = load_captioner(OUT)
+    metrics, records = evaluate_captioner(params, load_manifest(), OUT)
+    write_json(Path("results/metrics.json"), metrics)
+    write_json(Path("results/captions.json"), records)
+    print_table(metrics)
+
+
+def evaluate_captioner(params: Params, manifest: dict, folder: Path) -> tuple[dict, list[dict]]:
+    """Decode ``evaluate.split`` with the model in ``folder`` and score it. Returns the metrics
+    and, per image, the caption, references and per-image scores."""
+    model, config = load_captioner(folder)
     for kind, record in expected(params).items():  # the model must have been trained on these features
-        check_provenance(OUT / "config.json", config["features"][kind], record)
+        check_provenance(folder / "config.json", config["features"][kind], record)
     features = open_features(params, manifest, with_tokens=model.clip_tail is not None)
     images = manifest["images"]
     indices = split_indices(manifest, params.evaluate.split, features)
@@ -51,14 +61,11 @@ def main() -> None:
     reason = spice_unavailable_reason()
     if reason:
         metrics["SPICE_unavailable"] = reason
-    write_json(Path("results/metrics.json"), metrics)
-    write_json(Path("results/captions.json"), [
-        {"id": i, "caption": candidates[i], "references": references[i],
-         "scores": {name: values[i] for name, values in per_image.items()}} for i in ids])
-    print_table(metrics)
+    return metrics, [{"id": i, "caption": candidates[i], "references": references[i],
+                      "scores": {name: values[i] for name, values in per_image.items()}} for i in ids]
 
 
-def text_encoder(params, device) -> Callable[[list[str]], np.ndarray]:
+def text_encoder(params: Params, device: torch.device) -> Callable[[list[str]], np.ndarray]:
     """The pipeline's CLIP text tower, for CLIPScore (the images' side is cached)."""
     clip = load_clip(params.clip, device)
     return lambda texts: encode_texts(clip, texts, params.clip.batch_size)

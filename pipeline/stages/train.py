@@ -14,12 +14,13 @@ import train as train_package
 from eval.metrics import cider
 from features.clip import ClipTail, load_clip, tail_spec
 from features.store import read_bank
+from pipeline.params import Params
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of
 from pipeline.stages.common import load_manifest, open_features, split_indices, start, write_json
 from train.data import CaptionPairs, Images
 from train.decode import DecodeConfig, caption_images
-from train.distributed import process_group
+from train.distributed import World, process_group
 from train.model import Captioner, FeatureDims, load_gpt2
 from train.trainer import seed_everything, train
 
@@ -29,7 +30,17 @@ CHECKPOINT = Path("models/checkpoint.pt")  # the last epoch's full training stat
 
 def main() -> None:
     params = start()
-    manifest = load_manifest()
+    device = device_of(params.store.device)
+    with process_group(device) as world:  # under torchrun: DDP, rank 0 validates and writes
+        best = train_captioner(params, load_manifest(), OUT, Path("dvclive"), CHECKPOINT, world)
+        if world.is_main:
+            write_json(Path("results/train.json"), best)
+
+
+def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, checkpoint: Path,
+                    world: World = World()) -> dict[str, float]:
+    """Train on the store's train split as ``params`` say; the best epoch by greedy validation
+    CIDEr goes to ``out``. Returns its validation scores."""
     device = device_of(params.store.device)
     features = open_features(params, manifest, params.model.finetune_clip)
     bank_file = Path(params.store.dir) / "keywords.h5"
@@ -64,11 +75,8 @@ def main() -> None:
     code = [path.read_text() for path in sorted(Path(train_package.__file__).parent.glob("*.py"))]
     fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
                                              code], sort_keys=True).encode()).hexdigest()
-    with process_group(device) as world:  # under torchrun: DDP, rank 0 validates and writes
-        best = train(model, train_set, params.train, OUT, Path("dvclive"), scorer, "CIDEr_greedy", device, extra,
-                     checkpoint=CHECKPOINT, fingerprint=fingerprint, world=world)
-        if world.is_main:
-            write_json(Path("results/train.json"), best)
+    return train(model, train_set, params.train, out, live_dir, scorer, "CIDEr_greedy", device, extra,
+                 checkpoint=checkpoint, fingerprint=fingerprint, world=world)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""Stage `ablation@<variant>-<seed>`: one cell of the ablation table. Trains the variant (see
+eval/ablation.py) with that seed on the shorter ablation schedule, evaluates it like the
+evaluate stage, and keeps only the metrics: results/ablations/<variant>-<seed>.json.
+
+    python -m pipeline.stages.ablation <variant> <seed>
+"""
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
+
+from eval.ablation import variant_overrides
+from pipeline.params import Params
+from pipeline.stages.common import load_manifest, start, write_json
+from pipeline.stages.evaluate import evaluate_captioner
+from pipeline.stages.train import train_captioner
+
+RESULTS = Path("results/ablations")
+WORK = Path("models/ablations")  # model and checkpoint while a cell runs (a killed run resumes); removed after
+
+
+def variant_params(params: Params, variant: str, seed: int) -> Params:
+    model = dataclasses.replace(params.model, **variant_overrides(variant))
+    train = dataclasses.replace(params.train, seed=seed, phase1_epochs=params.ablation.phase1_epochs,
+                                phase2_epochs=params.ablation.phase2_epochs)
+    return dataclasses.replace(params, model=model, train=train)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variant")
+    parser.add_argument("seed", type=int)
+    args = parser.parse_args()
+    params = variant_params(start(), args.variant, args.seed)
+    manifest = load_manifest()
+    name = f"{args.variant}-{args.seed}"
+    work = WORK / name
+    train_captioner(params, manifest, work / "model", work / "live", work / "checkpoint.pt")
+    metrics, _ = evaluate_captioner(params, manifest, work / "model")
+    write_json(RESULTS / f"{name}.json", {**metrics, "variant": args.variant, "seed": args.seed})
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The ablation registry and table: variants switch only their modules; mean ± std over seeds."""
+import dataclasses
+
+import pytest
+
+from eval.ablation import VARIANTS, markdown, summarize, to_csv, variant_overrides
+from pipeline.params import load_params
+from pipeline.stages.ablation import variant_params
+from tests.conftest import ROOT
+
+
+def test_variants_change_only_switches_and_schedule():
+    params = load_params(ROOT / "params.yaml")
+    for name in VARIANTS:
+        p = variant_params(params, name, seed=7)
+        changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
+        assert changed <= {"gat", "global_guidance", "local_guidance"}
+        assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
+            7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
+        assert (p.train.lr, p.evaluate) == (params.train.lr, params.evaluate)
+    assert not any(variant_overrides("baseline").values()) and all(variant_overrides("gat_msg").values())
+    with pytest.raises(ValueError, match="ablation.variants: unknown variant 'gcn'"):
+        variant_overrides("gcn")
+
+
+def test_table_has_mean_and_sample_std_over_seeds():
+    results = {"baseline": {0: {"CIDEr": 1.0, "BLEU-4": 0.5}, 1: {"CIDEr": 3.0, "BLEU-4": 0.5}},
+               "gat_msg": {0: {"CIDEr": 2.0}}}
+    rows = summarize(results)
+    assert rows[0]["CIDEr"] == pytest.approx({"mean": 2.0, "std": 2 ** 0.5})
+    assert rows[0]["BLEU-4"] == {"mean": 0.5, "std": 0.0} and rows[1]["CIDEr"] == {"mean": 2.0, "std": 0.0}
+    table = markdown(rows).splitlines()
+    assert table[0] == "| model | seeds | BLEU-4 | CIDEr |"
+    assert table[2] == "| Baseline: CLIP + regions + GPT-2 | 2 | 0.500 ± 0.000 | 2.000 ± 1.414 |"
+    assert table[3].endswith("| – | 2.000 ± 0.000 |")  # a metric a row lacks is a dash, not a zero
+    assert to_csv(rows).splitlines()[1].startswith("baseline,Baseline: CLIP + regions + GPT-2,2,0.500000,0.000000")
