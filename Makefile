@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test java clean-venv
+.PHONY: repro test java browser clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,11 +26,21 @@ java:
 	    exit 1; \
 	  fi; }
 
+# the report test renders results in a real headless browser; without one it is skipped, saying so
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "chromium not found: installing it (the report test renders HTML in it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "chromium not found: the report rendering test will be skipped (Debian: sudo apt-get install chromium)"; \
+	  fi; }
+
 repro: $(STAMP) java
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/dvc metrics show
 
-test: $(STAMP) java
+test: $(STAMP) java browser
 	$(BIN)/python -m pytest -q
 
 clean-venv:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from eval.ablation import AblationConfig
+from eval.report import ReportConfig
 from features.clip import ClipConfig
 from features.keywords import KeywordConfig
 from features.knn import KnnConfig
@@ -68,6 +69,7 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     ablation: AblationConfig
+    report: ReportConfig
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:

@@ -70,7 +70,7 @@ def project(tmp_path_factory):
 def test_repro_runs_every_stage_and_writes_metrics(project):
     output = _dvc(project, "repro")
     assert _stages_run(output) == {"world", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords",
-                                   "train", "evaluate", *ABLATION}
+                                   "train", "evaluate", "report", *ABLATION}
     metrics = json.loads((project / "results/metrics.json").read_text())
     for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
         assert 0 <= metrics[name] < 10
@@ -86,6 +86,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     table = (project / "results/ablations.md").read_text().splitlines()
     assert table[0].startswith("| model | seeds | BLEU-4") and len(table) == 4  # header, rule, two rows
     assert "Baseline" in table[2] and "MSG" in table[3] and "±" in table[2]
+    page = (project / "results/report/index.html").read_text()
+    assert page.count("<section") == 6 and len(list((project / "results/report/images").glob("*.png"))) == 6
 
 
 def test_second_repro_does_nothing(project):
@@ -110,6 +112,6 @@ def test_parameters_rerun_only_what_depends_on_them(project):
     _set(project, {"ablation.seeds": [0, 1]})  # one more seed: only its cells and the table
     assert _stages_run(_dvc(project, "repro")) == {"ablation@baseline-1", "ablation@gat_msg-1", "ablation_table"}
     _set(project, {"train.lr": 0.002})
-    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate", *ABLATION_TWO_SEEDS}
+    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate", "report", *ABLATION_TWO_SEEDS}
     _set(project, {"knn.k": 3})
-    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate", *ABLATION_TWO_SEEDS}
+    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate", "report", *ABLATION_TWO_SEEDS}

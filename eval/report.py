@@ -1,0 +1,152 @@
+"""The visual report: one static HTML page (and a PNG per image) showing, for a sample of test
+images, what the captioner saw and said — detected boxes, the KNN graph, GAT attention per node,
+the top global (scene) keywords, the gated local keywords, the caption of each decoding, the
+references and per-image scores. Self-contained: no script, font or style from the network.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from train.model import Captioner
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Every key is documented in params.yaml (section ``report``)."""
+
+    n_images: int = 12  # test images shown (the first of the split, in manifest order)
+    image_px: int = 384  # each drawing's side
+    top_keywords: int = 5
+
+
+@dataclass
+class Explanation:
+    """What the model computed for one image, in plain numbers."""
+
+    node_attention: np.ndarray  # (n,) attention each region receives in the last GAT layer (mean over heads)
+    edges: list[tuple[int, int, float]]  # (source, target, attention), self-loops left out
+    scene: list[tuple[str, float]]  # top global keywords with their softmax weight
+    local: list[tuple[str, float]]  # the image's region keywords with their pooling weight
+    gate: float | None  # mean local gate activation (None without local guidance)
+
+
+@dataclass
+class ReportItem:
+    id: str
+    image: Path
+    boxes: np.ndarray  # (n, 4) in original pixels
+    labels: list[str]  # one per box
+    explanation: Explanation
+    captions: dict[str, str]  # decoding → caption
+    references: list[str]
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def explain(model: Captioner, batch: dict[str, torch.Tensor], scene_words: list[str], object_words: list[str],
+            top: int) -> list[Explanation]:
+    """Per image of a collated batch: GAT attention, scene attention, local keywords and gate."""
+    model.eval()
+    prefix = model.prefix(batch)
+    counts = torch.bincount(batch["node_batch"], minlength=len(batch["clip"])).tolist()
+    offsets = np.cumsum([0] + counts[:-1])
+    alpha_src = alpha_dst = alpha = None
+    if model.gat is not None:
+        _, attention = model.gat(batch["x"], batch["edge_index"], batch["edge_weight"], return_attention=True)
+        (alpha_src, alpha_dst), alpha = attention[-1][0].tolist(), attention[-1][1].mean(dim=1).tolist()
+    out = []
+    for b, (n, first) in enumerate(zip(counts, offsets)):
+        received, edges = np.zeros(n), []
+        for s, t, a in zip(alpha_src or [], alpha_dst or [], alpha or []):
+            if first <= t < first + n and s != t:
+                received[t - first] += a
+                edges.append((s - first, t - first, a))
+        scene = []
+        if prefix.scene_attention is not None:
+            weights, ids = prefix.scene_attention[b].topk(min(top, len(scene_words)))
+            scene = [(scene_words[i], float(w)) for w, i in zip(weights.tolist(), ids.tolist())]
+        local: dict[str, float] = {}
+        for i, w in zip(batch["keyword_ids"][b].flatten().tolist(), batch["keyword_scores"][b].flatten().tolist()):
+            if i >= 0:
+                local[object_words[i]] = local.get(object_words[i], 0.0) + max(w, 0.0)
+        gate = float(prefix.gate[b].mean()) if prefix.gate is not None else None
+        out.append(Explanation(received, edges, scene, sorted(local.items(), key=lambda kv: -kv[1])[:top], gate))
+    return out
+
+
+def draw(item: ReportItem, px: int) -> Image.Image:
+    """The image with its boxes, KNN edges (width ~ attention) and nodes (size ~ attention)."""
+    image = Image.open(item.image).convert("RGB")
+    scale = px / max(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)))
+    canvas = ImageDraw.Draw(image)
+    boxes = item.boxes * scale
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+    for (x0, y0, x1, y1), label in zip(boxes.tolist(), item.labels):
+        canvas.rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=2)
+        canvas.text((x0 + 2, y0 + 1), label, fill=(255, 255, 0))
+    for s, t, a in item.explanation.edges:
+        canvas.line([tuple(centres[s]), tuple(centres[t])], fill=(0, 255, 255), width=max(1, round(4 * a)))
+    attention = item.explanation.node_attention
+    peak = attention.max() if len(attention) and attention.max() > 0 else 1.0
+    for (x, y), a in zip(centres.tolist(), attention.tolist()):
+        r = 3 + 6 * a / peak
+        canvas.ellipse((x - r, y - r, x + r, y + r), fill=(255, 60, 60), outline=(0, 0, 0))
+    return image
+
+
+def _pairs(values: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{html.escape(w)} <small>{v:.2f}</small>" for w, v in values) or "–"
+
+
+def _section(item: ReportItem, picture: str) -> str:
+    e = item.explanation
+    captions = "".join(f"<tr><th>{html.escape(k)}</th><td class='caption'>{html.escape(v)}</td></tr>"
+                       for k, v in item.captions.items())
+    scores = " · ".join(f"{html.escape(k)} {v:.3f}" for k, v in item.scores.items())
+    refs = "".join(f"<li>{html.escape(r)}</li>" for r in item.references)
+    gate = "–" if e.gate is None else f"{e.gate:.2f}"
+    return f"""<section id="img-{html.escape(item.id)}">
+<h2>{html.escape(item.id)}</h2>
+<img src="{picture}" alt="image {html.escape(item.id)} with boxes and graph">
+<div><table>{captions}</table>
+<p><b>Global keywords:</b> {_pairs(e.scene)}</p>
+<p><b>Local keywords:</b> {_pairs(e.local)} (mean gate {gate})</p>
+<p><b>Regions:</b> {len(item.labels)}, graph edges {len(e.edges)}</p>
+<p><b>Scores:</b> {scores or '–'}</p>
+<p><b>References:</b></p><ul>{refs}</ul></div>
+</section>"""
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;background:#fafafa}
+section{display:flex;gap:1.5em;margin-bottom:2em;padding:1em;background:#fff;border:1px solid #ddd}
+section h2{position:absolute;margin-top:-1.4em;font-size:1em;color:#666}
+img{flex:none}td.caption{font-size:1.1em}th{text-align:left;padding-right:1em;color:#555}"""
+
+# filled in by the browser once every picture has decoded: what the headless-browser test reads
+CHECK = """<script>window.addEventListener('load',()=>{const i=[...document.images];
+document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>"""
+
+
+def write_report(items: list[ReportItem], folder: Path, px: int, title: str) -> Path:
+    """folder/index.html plus folder/images/<id>.png; returns the page."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    sections = []
+    for item in items:
+        picture = f"images/{item.id}.png"
+        draw(item, px).save(folder / picture)
+        sections.append(_section(item, picture))
+    page = folder / "index.html"
+    page.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{STYLE}</style>{CHECK}</head><body><h1>{html.escape(title)}</h1>
+<p>Boxes: detected regions (label = first local keyword). Cyan lines: KNN graph edges, width ∝ last-layer GAT
+attention. Red dots: attention each region receives.</p>
+{''.join(sections)}</body></html>
+""", encoding="utf-8")
+    return page

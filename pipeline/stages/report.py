@@ -1,0 +1,49 @@
+"""Stage `report`: results/report/index.html (+ PNGs) for the first `report.n_images` images of
+the evaluation split — see eval/report.py for what it shows."""
+import dataclasses
+import json
+from pathlib import Path
+
+from eval.report import ReportItem, explain, write_report
+from pipeline.datasets import image_paths
+from pipeline.runtime import device_of
+from pipeline.stages.common import load_manifest, open_features, split_indices, start
+from pipeline.stages.train import OUT
+from train.data import Images, collate
+from train.decode import METHODS, decode
+from train.model import load_captioner
+
+FOLDER = Path("results/report")
+
+
+def main() -> None:
+    params = start()
+    manifest = load_manifest()
+    model, config = load_captioner(OUT)
+    device = device_of(params.store.device)
+    model.to(device)
+    features = open_features(params, manifest, with_tokens=model.clip_tail is not None)
+    indices = split_indices(manifest, params.evaluate.split, features, params.report.n_images)
+    dataset = Images(features, indices)
+    batch = {k: v.to(device) for k, v in collate(dataset.__getitems__(list(range(len(indices))))).items()}
+    explanations = explain(model, batch, config["scene_words"], config["object_words"], params.report.top_keywords)
+    captions = {m: decode(model, batch, dataclasses.replace(params.evaluate.decode, method=m)) for m in METHODS}
+    evaluated = {r["id"]: r for r in json.loads(Path("results/captions.json").read_text())}
+    boxes, counts = (features.readers["regions"].rows(indices, name) for name in ("boxes", "counts"))
+    keywords = features.readers["region_keywords"].rows(indices, "ids")
+    scored = params.evaluate.decode.method
+    items = []
+    for k, (index, path) in enumerate(zip(indices, image_paths(manifest, [manifest["images"][i] for i in indices]))):
+        entry, n = manifest["images"][index], int(counts[k])
+        labels = [config["object_words"][i] if i >= 0 else "region" for i in keywords[k][:n, 0].tolist()]
+        scores = evaluated.get(entry["id"], {}).get("scores", {})
+        items.append(ReportItem(entry["id"], path, boxes[k][:n].astype(float), labels, explanations[k],
+                                {m: captions[m][k] for m in METHODS}, entry["captions"],
+                                {f"{name} ({scored})": value for name, value in scores.items()}))
+    page = write_report(items, FOLDER, params.report.image_px, f"graphcap report: {len(items)} "
+                        f"{params.evaluate.split} images")
+    print(f"report: {page.resolve().as_uri()}")
+
+
+if __name__ == "__main__":
+    main()
