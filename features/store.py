@@ -144,7 +144,10 @@ def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Se
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: missing shard (run `dvc repro` for the {kind} stage)")
-    f = h5py.File(path, "r")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:  # truncated or not HDF5: not something a stage of ours leaves behind
+        raise StoreError(f"{path}: unreadable shard ({err}); delete it and run `dvc repro`") from err
     try:
         if f.attrs.get("kind") != kind:
             raise StoreError(f"{path}: kind is {f.attrs.get('kind')!r}, expected {kind!r}")
@@ -158,6 +161,54 @@ def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Se
     except Exception:
         f.close()
         raise
+
+
+# datasets every shard of a kind holds (beyond image_ids and valid), and those with one row per image
+REQUIRED = {
+    "clip_image": ("embeddings",),
+    "regions": ("features", "boxes", "scores", "labels", "counts", "image_sizes"),
+    "knn": ("neighbors", "weights"),
+    "clip_text": ("embeddings", "offsets"),
+    "region_keywords": ("ids", "scores"),
+}
+
+
+def check_shard(shard: Shard, kind: str) -> list[str]:
+    """Every problem of one open shard's contents, each naming the shard and dataset: missing
+    datasets, row counts that disagree, NaN/Inf in rows marked valid, out-of-range counts,
+    neighbour indices and caption offsets."""
+    n, valid = len(shard.image_ids), shard.valid
+    missing = [name for name in REQUIRED[kind] if name not in shard.file]
+    if missing:
+        return [f"{shard.path}: missing datasets {missing}"]
+    expected_rows = {name: n for name in shard.file}  # one row per image ...
+    if kind == "clip_text":  # ... except the captions' embeddings and their offsets
+        expected_rows.update(offsets=n + 1, embeddings=shard.file["embeddings"].shape[0])
+    problems = [f"{shard.path}: {name!r} has {shard.file[name].shape[0]} rows, expected {rows}"
+                for name, rows in expected_rows.items() if shard.file[name].shape[:1] != (rows,)]
+    if problems:
+        return problems
+    for name in shard.file:
+        if shard.file[name].dtype.kind != "f":
+            continue
+        data = shard.read(name)
+        rows = data if (kind, name) == ("clip_text", "embeddings") else data[valid]  # rejected rows hold NaN
+        bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        if bad.any():
+            problems.append(f"{shard.path}: {name!r} has NaN/Inf in {int(bad.sum())} rows that are not rejected")
+    if kind == "clip_text":
+        offsets = shard.read("offsets")
+        if offsets[0] != 0 or offsets[-1] != expected_rows["embeddings"] or (np.diff(offsets) < 0).any():
+            problems.append(f"{shard.path}: 'offsets' do not partition the caption embeddings")
+    if kind == "regions":
+        counts, n_max = shard.read("counts"), shard.file["features"].shape[1]
+        if ((counts < 0) | (counts > n_max))[valid].any():
+            problems.append(f"{shard.path}: 'counts' outside [0, {n_max}]")
+    if kind == "knn":
+        neighbors = shard.read("neighbors")
+        if ((neighbors < -1) | (neighbors >= neighbors.shape[1]))[valid].any():
+            problems.append(f"{shard.path}: 'neighbors' index outside [-1, {neighbors.shape[1]})")
+    return problems
 
 
 class FeatureReader:

@@ -1,0 +1,67 @@
+"""`verify`: check a feature store against the manifest and the current parameters.
+
+    python -m pipeline.verify [--params params.yaml]     (or the console script graphcap-verify)
+
+Every shard of every kind must be present and complete, made for the manifest's images under
+the provenance the current parameters imply, with coherent row counts and shapes and no NaN/Inf
+outside rejected rows; the keyword banks must match too. Each problem is printed on its own
+line, naming the file and key; the exit code is 1 if there is any.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from features.store import KINDS, StoreError, check_shard, open_shard, read_bank, shard_path, shard_slices
+from pipeline.params import Params
+from pipeline.provenance import expected, keyword_bank
+from pipeline.stages.common import load_manifest, start
+
+
+def verify_store(params: Params, manifest: dict[str, Any]) -> tuple[list[str], int]:
+    """(problems, shards checked)."""
+    store, images = Path(params.store.dir), manifest["images"]
+    slices = shard_slices(len(images), params.store.shard_size)
+    records, problems, checked = expected(params), [], 0
+    for kind in KINDS:
+        for index, part in enumerate(slices):
+            try:
+                shard = open_shard(shard_path(store, kind, index), kind, records[kind], [e["id"] for e in images[part]])
+            except (StoreError, OSError) as err:  # missing, unreadable, other provenance or images
+                problems.append(str(err))
+                continue
+            try:
+                problems += check_shard(shard, kind)
+                checked += 1
+            finally:
+                shard.close()
+        for path in sorted((store / kind).glob("shard-*.h5")):
+            if int(path.stem.split("-")[1]) >= len(slices):
+                problems.append(f"{path}: beyond the manifest's {len(slices)} shards (the data set shrank?)")
+        problems += [f"{path}: unfinished write (a stage was stopped); `dvc repro` redoes it"
+                     for path in sorted((store / kind).glob("*.tmp"))]
+    for bank in ("scene", "object"):
+        try:
+            read_bank(store / "keywords.h5", bank, keyword_bank(params))
+        except (StoreError, OSError) as err:
+            problems.append(str(err))
+    return problems, checked
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    params = start(args.params)
+    problems, checked = verify_store(params, load_manifest())
+    for problem in problems:
+        print(problem)
+    print(f"{params.store.dir}: {checked} shards checked, {len(problems)} problem(s)",
+          file=sys.stderr if problems else sys.stdout)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

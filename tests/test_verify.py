@@ -1,0 +1,58 @@
+"""`verify` on a real store: clean passes; each kind of damage is named and fails the command."""
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from features.store import shard_path
+from pipeline import verify
+from pipeline.stages import clip_image, clip_text, knn, prepare, region_keywords, regions, world
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """All feature kinds of a 10-image world in shards of 4."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["world"].update(n_train=6, n_val=2, n_test=2)
+    params["store"].update(shard_size=4, num_workers=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "assets").symlink_to(ROOT / "assets")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["stage"])
+    for stage in (world, prepare, clip_image, regions, clip_text, knn, region_keywords):
+        stage.main()
+    return tmp_path / "data/features"
+
+
+def test_clean_store_passes(store, capsys):
+    assert verify.main([]) == 0
+    assert "15 shards checked, 0 problem(s)" in capsys.readouterr().out
+
+
+def test_each_problem_is_named(store, capsys):
+    shard_path(store, "clip_image", 1).unlink()  # missing
+    truncated = shard_path(store, "regions", 2)
+    truncated.write_bytes(truncated.read_bytes()[:500])  # damaged (not by us: our writes are atomic)
+    with h5py.File(shard_path(store, "clip_text", 0), "a") as f:  # NaN where a feature should be
+        f["embeddings"][0, 0] = np.nan
+    with h5py.File(shard_path(store, "knn", 0), "a") as f:
+        f["neighbors"][1, 0, 0] = 99
+    (store / "knn/shard-00007.h5").write_bytes(b"")  # a shard beyond the manifest
+    (store / "region_keywords/shard-00001.h5.tmp").write_bytes(b"half")  # a killed write
+    assert verify.main([]) == 1
+    out = capsys.readouterr().out
+    for expected in ("clip_image/shard-00001.h5: missing shard", "regions/shard-00002.h5",
+                     "clip_text/shard-00000.h5: 'embeddings' has NaN/Inf", "knn/shard-00000.h5: 'neighbors' index",
+                     "knn/shard-00007.h5: beyond the manifest", "region_keywords/shard-00001.h5.tmp: unfinished"):
+        assert expected in out, expected
+
+
+def test_other_parameters_are_named(store, capsys):
+    params = yaml.safe_load(open("params.yaml"))
+    params["knn"]["k"] = 3
+    with open("params.yaml", "w") as f:
+        yaml.safe_dump(params, f)
+    assert verify.main([]) == 1
+    out = capsys.readouterr().out
+    assert out.count("provenance key 'knn' differs") == 3 and "clip_image" not in out  # only the knn shards
