@@ -63,7 +63,26 @@ def _split_of(entry: dict[str, Any], image_id: str, source: Path, cfg: TextConfi
     return split
 
 
-def read_karpathy(source: Path, cfg: TextConfig) -> dict[str, Any]:
+def _relative_path(entry: dict[str, Any], image_id: str, source: Path) -> Path:
+    """The entry's image path, which must stay inside the image root."""
+    path = Path(str(entry.get("filepath", ""))) / str(entry["filename"])
+    if path.is_absolute() or ".." in path.parts:
+        raise DatasetError(f"{source}: image {image_id}: path {str(path)!r} leaves the image root")
+    return path
+
+
+def _usable_captions(raw: list[str], image_id: str, source: Path, max_chars: int) -> list[str]:
+    """Captions past ``max_chars`` (a broken export, not a description) are left out, named."""
+    kept = [r for r in raw if len(r) <= max_chars]
+    if len(kept) < len(raw):
+        log.warning("%s: image %s: %d caption(s) longer than %d characters left out", source, image_id,
+                    len(raw) - len(kept), max_chars)
+    if not kept:
+        raise DatasetError(f"{source}: image {image_id}: every caption is longer than {max_chars} characters")
+    return kept
+
+
+def read_karpathy(source: Path, cfg: TextConfig, max_caption_chars: int = 1000) -> dict[str, Any]:
     """Read a Karpathy split JSON into a manifest dict (without the image root)."""
     try:
         data = json.loads(Path(source).read_text())
@@ -79,22 +98,41 @@ def read_karpathy(source: Path, cfg: TextConfig) -> dict[str, Any]:
         seen.add(image_id)
         if "filename" not in entry or not entry.get("sentences"):
             raise DatasetError(f"{source}: image {image_id}: missing 'filename' or 'sentences'")
-        raw = [s["raw"] for s in entry["sentences"]]
+        raw = _usable_captions([str(s.get("raw", "")) for s in entry["sentences"]], image_id, source,
+                               max_caption_chars)
         captions = [normalize_caption(r, cfg) for r in raw]
         if not all(captions):
             raise DatasetError(f"{source}: image {image_id}: a caption is empty after normalisation")
         extra = {k: entry[k] for k in ("scene", "objects") if k in entry}
         images.append({
-            "id": image_id, "path": str(Path(entry.get("filepath", "")) / entry["filename"]),
+            "id": image_id, "path": str(_relative_path(entry, image_id, source)),
             "split": _split_of(entry, image_id, source, cfg), "captions": captions, "raw": raw, "extra": extra,
         })
     return {"dataset": data.get("dataset", Path(source).stem), "images": images}
 
 
-def build_manifest(source: Path, image_root: Path, cfg: TextConfig, max_images: int = 0) -> dict[str, Any]:
-    manifest = read_karpathy(source, cfg)
+def _present_images(images: list[dict[str, Any]], image_root: Path, source: Path) -> list[dict[str, Any]]:
+    """Entries whose file exists; a missing file is left out (named), a symlink that leads out of
+    the image root is refused."""
+    root, kept, missing = Path(image_root).resolve(), [], []
+    for entry in images:
+        path = (root / entry["path"]).resolve()
+        if not path.is_relative_to(root):
+            raise DatasetError(f"{source}: image {entry['id']}: {entry['path']} leads out of the image root "
+                               f"{image_root} (a symlink?)")
+        (kept if path.is_file() else missing).append(entry)
+    if missing:
+        log.warning("%s: %d image file(s) missing under %s, left out: %s", source, len(missing), image_root,
+                    ", ".join(f"{e['id']} ({e['path']})" for e in missing[:5]) + (" …" if len(missing) > 5 else ""))
+    return kept
+
+
+def build_manifest(source: Path, image_root: Path, cfg: TextConfig, max_images: int = 0,
+                   max_caption_chars: int = 1000) -> dict[str, Any]:
+    manifest = read_karpathy(source, cfg, max_caption_chars)
     if max_images:
         manifest["images"] = manifest["images"][:max_images]
+    manifest["images"] = _present_images(manifest["images"], image_root, source)
     manifest["image_root"] = str(image_root)
     counts = {s: sum(e["split"] == s for e in manifest["images"]) for s in SPLITS}
     log.info("manifest: %d images %s", len(manifest["images"]), counts)

@@ -36,6 +36,7 @@ class DataConfig:
     dataset: str = "data/world/dataset.json"  # Karpathy split JSON
     image_root: str = "data/world"  # 'filepath/filename' of each entry is relative to this
     max_images: int = 0  # keep only the first N images (0 = all); for quick trials
+    max_caption_chars: int = 1000  # longer captions are left out (with a warning naming the image)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ def test_restval_joins_train_and_ids_prefer_cocoid(tmp_path):
     ([_entry(0, "dev")], "image 0: unknown split 'dev'"),
     ([dict(_entry(0), sentences=[])], "image 0: missing 'filename' or 'sentences'"),
     ([_entry(0, captions=("!!!",))], "image 0: a caption is empty"),
+    ([dict(_entry(0), filepath="../elsewhere")], "image 0: path '../elsewhere/0.jpg' leaves the image root"),
+    ([dict(_entry(0), filepath="/etc")], "image 0: path '/etc/0.jpg' leaves the image root"),
+    ([_entry(0, captions=("a" * 5000,))], "image 0: every caption is longer than 1000 characters"),
 ])
 def test_bad_entries_are_named(tmp_path, images, message):
     with pytest.raises(DatasetError, match=message):
@@ -58,3 +61,20 @@ def test_real_karpathy_sample_reads():
     assert len(manifest["images"]) == 48
     assert all(len(e["captions"]) >= 5 for e in manifest["images"])
     assert all((REAL_SAMPLE / "images" / e["path"]).is_file() for e in manifest["images"])
+
+
+def test_huge_captions_missing_files_and_symlinks_out(tmp_path, caplog):
+    (tmp_path / "images/x").mkdir(parents=True)
+    for i in (0, 2):
+        (tmp_path / "images/x" / f"{i}.jpg").write_bytes(b"jpeg")
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"not yours")
+    source = _karpathy(tmp_path, [_entry(0, captions=("A cat.", "b" * 2000)), _entry(1), _entry(2)])
+    manifest = build_manifest(source, tmp_path / "images", TextConfig())
+    assert [e["id"] for e in manifest["images"]] == ["0", "2"]  # 1.jpg is missing: left out, named
+    assert manifest["images"][0]["captions"] == ["a cat"]
+    assert "1 caption(s) longer than 1000" in caplog.text and "1 (x/1.jpg)" in caplog.text
+    (tmp_path / "images/x/2.jpg").unlink()
+    (tmp_path / "images/x/2.jpg").symlink_to(outside)
+    with pytest.raises(DatasetError, match="image 2: x/2.jpg leads out of the image root"):
+        build_manifest(source, tmp_path / "images", TextConfig())

@@ -8,7 +8,7 @@ from pipeline.stages.common import MANIFEST, start, write_json
 def main() -> None:
     params = start()
     manifest = build_manifest(Path(params.data.dataset), Path(params.data.image_root), params.prepare,
-                              params.data.max_images)
+                              params.data.max_images, params.data.max_caption_chars)
     write_json(MANIFEST, manifest)
 
 
