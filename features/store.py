@@ -79,8 +79,20 @@ def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping
     if kind not in KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; known: {KINDS}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(tmp, kind, image_ids, arrays, provenance, first_index, rejects)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as err:  # disk full, read-only folder, quota (h5py reports some as
+        tmp.unlink(missing_ok=True)          # RuntimeError): stop, leaving nothing that looks complete
+        reason = getattr(err, "strerror", None) or str(err)
+        raise StoreError(f"{path}: cannot write the shard ({reason}); nothing was kept — free space or fix "
+                         "permissions, then run the stage again") from err
+
+
+def _write_file(tmp: Path, kind: str, image_ids: Sequence[str], arrays: Mapping[str, np.ndarray],
+                provenance: Mapping[str, Any], first_index: int, rejects: Sequence[Mapping[str, str]]) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs["kind"] = kind
         f.attrs["schema_version"] = SCHEMA_VERSION
@@ -94,7 +106,6 @@ def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping
             f.create_dataset(name, data=array)
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def check_provenance(path: Path, stored: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
