@@ -24,7 +24,8 @@ from pipeline.params import load_params  # noqa: E402
 from pipeline.stages.common import load_manifest, open_features, split_indices  # noqa: E402
 from pipeline.stages.train import OUT  # noqa: E402
 from train.data import Images  # noqa: E402
-from train.decode import caption_images  # noqa: E402
+from benchmarks.training import paper_model  # noqa: E402
+from train.decode import DecodeConfig, caption_images, search  # noqa: E402
 from train.model import load_captioner  # noqa: E402
 
 
@@ -57,6 +58,26 @@ def main() -> None:
         print(f"{method:>7}: {speed:7.1f} images/s   CIDEr {score:.4f}")
     (beam_speed, beam_cider), (hybrid_speed, hybrid_cider) = rows["beam"], rows["hybrid"]
     print(f"\nhybrid vs beam: {hybrid_speed / beam_speed:.2f}x the speed, CIDEr {hybrid_cider / beam_cider - 1:+.1%}")
+    beam_s, hybrid_s = paper_size_times(base, args.repeats)
+    print(f"paper-size GPT-2 (random weights, 16 images, {base.max_tokens} tokens each): beam {beam_s:.2f} s, "
+          f"hybrid {hybrid_s:.2f} s  -> {beam_s / hybrid_s:.2f}x")
+
+
+def paper_size_times(cfg: DecodeConfig, repeats: int) -> tuple[float, float]:
+    """Beam vs hybrid seconds with GPT-2 small's dimensions, where a step's cost grows with the
+    number of beams (random weights never emit EOS, so every caption runs to max_tokens)."""
+    torch.manual_seed(0)
+    model = paper_model().eval()
+    embeds = torch.randn(16, model.cfg.prefix_length, model.gpt2.config.n_embd)
+    best = {}
+    for method, greedy_steps in (("beam", 0), ("hybrid", cfg.greedy_tokens)):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            search(model, embeds, cfg, greedy_steps, cfg.beam_size)
+            times.append(time.perf_counter() - start)
+        best[method] = min(times)
+    return best["beam"], best["hybrid"]
 
 
 if __name__ == "__main__":

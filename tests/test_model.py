@@ -135,3 +135,22 @@ def test_phase_one_freezes_gpt2_and_trains_the_rest(tiny_language):
         gpt2 = {n for n in before if n.startswith("gpt2.")}
         assert (changed & gpt2 == set()) if phase == 1 else gpt2 <= changed | {"gpt2.lm_head.weight"}
         assert set(before) - gpt2 <= changed  # everything outside GPT-2 trains in both phases
+
+
+def test_search_matches_transformers_generate(tiny_language):
+    """Our one-pass KV-cache search against transformers' generate: greedy, and beam search
+    when no caption ends early (where both keep exactly the k best continuations)."""
+    from train.decode import search
+
+    model = _model(tiny_language).eval()
+    embeds = model.prefix(collate(_items(n=6))).embeddings
+    tok = model.tokenizer
+    for beams in (1, 3):
+        cfg = DecodeConfig(max_tokens=8)
+        ours = search(model, embeds, cfg, 8 if beams == 1 else 0, beams)
+        theirs = model.gpt2.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                                     max_new_tokens=8, num_beams=beams, do_sample=False, eos_token_id=tok.eos_token_id,
+                                     pad_token_id=tok.pad_token_id)
+        assert ours.tolist() == theirs.tolist()
+    hybrid = search(model, embeds, DecodeConfig(max_tokens=8), 8, 3)  # all greedy steps: the greedy result
+    assert hybrid.tolist() == search(model, embeds, DecodeConfig(max_tokens=8), 8, 1).tolist()
