@@ -15,8 +15,7 @@ import yaml
 from tests.conftest import ROOT
 
 DVC = Path(sys.executable).parent / "dvc"
-ABLATION = {"ablation@baseline-0", "ablation@gat_msg-0", "ablation_table"}
-ABLATION_TWO_SEEDS = ABLATION | {"ablation@baseline-1", "ablation@gat_msg-1"}
+ABLATION = {"ablation@baseline-0", "ablation_table"}
 
 
 def _project_files() -> list[str]:
@@ -65,7 +64,7 @@ def _make_project(project: Path) -> Path:
     _set(project, {"world.n_train": 24, "world.n_val": 6, "world.n_test": 6, "store.shard_size": 16,
                    "store.num_workers": 0, "train.phase1_epochs": 1, "train.phase2_epochs": 1,
                    "train.val_images": 0, "train.batch_size": 32, "evaluate.decode.beam_size": 2,
-                   "ablation.variants": ["baseline", "gat_msg"], "ablation.seeds": [0],
+                   "ablation.variants": ["baseline"], "ablation.seeds": [0],
                    "ablation.phase1_epochs": 1, "ablation.phase2_epochs": 1})
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "tiny world"]):  # dvclive wants a commit
@@ -90,8 +89,8 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     shown = _dvc(project, "metrics", "show")
     assert "CIDEr" in shown and "results/ablations.json" in shown
     table = (project / "results/ablations.md").read_text().splitlines()
-    assert table[0].startswith("| model | seeds | BLEU-4") and len(table) == 4  # header, rule, two rows
-    assert "Baseline" in table[2] and "MSG" in table[3] and "±" in table[2]
+    assert table[0].startswith("| model | seeds | BLEU-4") and len(table) == 3  # header, rule, one row
+    assert "Baseline" in table[2] and "±" in table[2]
     page = (project / "results/report/index.html").read_text()
     assert page.count("<section") == 6 and len(list((project / "results/report/images").glob("*.png"))) == 6
 
@@ -127,10 +126,11 @@ def test_killed_repros_end_where_an_uninterrupted_one_ends(project, tmp_path):
     uninterrupted run: shards, model, metrics, report and ablation table are byte for byte the
     same, so no partial file was kept or read."""
     killed = _make_project(tmp_path / "killed")
-    stages = ["world", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords", "train",
-              "evaluate", "report", *sorted(ABLATION)]
-    kills = [_kill_during(killed, stage, delay=(1.0, 2.5, 4.0)[k % 3]) for k, stage in enumerate(stages)]
-    assert sum(kills) >= len(stages) - 3  # nearly every stage was really interrupted
+    # feature stages at two moments, training mid-epoch (its checkpoint), then the stages after it
+    delays = {"world": 1.0, "regions": 4.0, "knn": 2.5, "train": 9.0, "evaluate": 4.0, "report": 2.5,
+              "ablation@baseline-0": 9.0, "ablation_table": 1.0}
+    kills = [_kill_during(killed, stage, delay) for stage, delay in delays.items()]
+    assert sum(kills) >= len(delays) - 2  # nearly every one was really interrupted
     _dvc(killed, "repro")
     assert _lock_outputs(killed) == _lock_outputs(project)
 
@@ -150,9 +150,12 @@ def test_pushed_features_pulled_into_a_clone_need_no_recompute(project, tmp_path
 
 
 def test_parameters_rerun_only_what_depends_on_them(project):
-    _set(project, {"ablation.seeds": [0, 1]})  # one more seed: only its cells and the table
-    assert _stages_run(_dvc(project, "repro")) == {"ablation@baseline-1", "ablation@gat_msg-1", "ablation_table"}
+    # (ablation_table reruns only if a cell's metrics changed: DVC skips it when they came out the same)
     _set(project, {"train.lr": 0.002})
-    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate", "report", *ABLATION_TWO_SEEDS}
+    assert _stages_run(_dvc(project, "repro")) - {"ablation_table"} == {"train", "evaluate", "report",
+                                                                        "ablation@baseline-0"}
     _set(project, {"knn.k": 3})
-    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate", "report", *ABLATION_TWO_SEEDS}
+    assert _stages_run(_dvc(project, "repro")) - {"ablation_table"} == {"knn", "train", "evaluate", "report",
+                                                                        "ablation@baseline-0"}
+    _set(project, {"ablation.seeds": [0, 1]})  # one more seed: only its cell and the table
+    assert _stages_run(_dvc(project, "repro")) == {"ablation@baseline-1", "ablation_table"}

@@ -1,4 +1,6 @@
 """`verify` on a real store: clean passes; each kind of damage is named and fails the command."""
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -10,19 +12,29 @@ from pipeline.stages import clip_image, clip_text, knn, prepare, region_keywords
 from tests.conftest import ROOT
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """All feature kinds of a 10-image world in shards of 4."""
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """All feature kinds of a 10-image world in shards of 4, made once."""
+    project = tmp_path_factory.mktemp("verify")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["world"].update(n_train=6, n_val=2, n_test=2)
     params["store"].update(shard_size=4, num_workers=0)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "assets").symlink_to(ROOT / "assets")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.argv", ["stage"])
-    for stage in (world, prepare, clip_image, regions, clip_text, knn, region_keywords):
-        stage.main()
-    return tmp_path / "data/features"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "assets").symlink_to(ROOT / "assets")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        patch.setattr("sys.argv", ["stage"])
+        for stage in (world, prepare, clip_image, regions, clip_text, knn, region_keywords):
+            stage.main()
+    return project
+
+
+@pytest.fixture
+def store(built, tmp_path, monkeypatch):
+    """A fresh copy of that project for each test to damage."""
+    shutil.copytree(built, tmp_path / "project", symlinks=True)
+    monkeypatch.chdir(tmp_path / "project")
+    return tmp_path / "project/data/features"
 
 
 def test_clean_store_passes(store, capsys):
