@@ -1,9 +1,10 @@
 """The ablation table (the paper's Tables 5-6): named model variants, each trained and evaluated
 over several seeds, reported as mean ± std.
 
-``VARIANTS`` is the registry: name → (row label, the ``model.*`` keys it sets). Contract: a
-variant only switches modules on or off (or picks a registered alternative); everything else
-comes from params.yaml, so rows differ in exactly what their label says.
+``VARIANTS`` is the registry: name → (row label, the ``model.*`` keys it sets, the ``train.*``
+keys it sets). Contract: a variant only switches modules on or off or picks a registered
+alternative (a mapper, a training mode); everything else comes from params.yaml, so rows
+differ in exactly what their label says.
 """
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "baseline": ("Baseline: CLIP + regions + GPT-2", {"gat": False, "global_guidance": False, "local_guidance": False}),
-    "gat": ("+ GAT-LFE", {"gat": True, "global_guidance": False, "local_guidance": False}),
-    "gat_global": ("+ GAT-LFE + global guidance", {"gat": True, "global_guidance": True, "local_guidance": False}),
-    "gat_local": ("+ GAT-LFE + local guidance", {"gat": True, "global_guidance": False, "local_guidance": True}),
-    "gat_msg": ("+ GAT-LFE + MSG (full model)", {"gat": True, "global_guidance": True, "local_guidance": True}),
+_PLAIN = {"regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "clip_prefix": ("CLIP-prefix (ClipCap: CLIP → MLP → GPT-2)", _PLAIN, {}),
+    "text_only": ("Text-only training (CapDec: noisy caption embeddings)", {**_PLAIN, "normalize_clip": True},
+                  {"mode": "text_only"}),
+    "baseline": ("Baseline: CLIP + regions + GPT-2", {"gat": False, "global_guidance": False, "local_guidance": False},
+                 {}),
+    "gat": ("+ GAT-LFE", {"gat": True, "global_guidance": False, "local_guidance": False}, {}),
+    "gat_global": ("+ GAT-LFE + global guidance", {"gat": True, "global_guidance": True, "local_guidance": False}, {}),
+    "gat_local": ("+ GAT-LFE + local guidance", {"gat": True, "global_guidance": False, "local_guidance": True}, {}),
+    "gat_msg": ("+ GAT-LFE + MSG (full model)", {"gat": True, "global_guidance": True, "local_guidance": True}, {}),
 }
 
 # columns of the table: (metrics.json key, header)
@@ -37,10 +43,11 @@ class AblationConfig:
     phase2_epochs: int = 5
 
 
-def variant_overrides(name: str) -> dict[str, Any]:
+def variant_overrides(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model.* keys, train.* keys) the variant sets."""
     if name not in VARIANTS:
         raise ValueError(f"ablation.variants: unknown variant {name!r}; known: {sorted(VARIANTS)}")
-    return VARIANTS[name][1]
+    return VARIANTS[name][1], VARIANTS[name][2]
 
 
 def summarize(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> list[dict[str, Any]]:

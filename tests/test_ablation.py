@@ -14,11 +14,13 @@ def test_variants_change_only_switches_and_schedule():
     for name in VARIANTS:
         p = variant_params(params, name, seed=7)
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
-        assert changed <= {"gat", "global_guidance", "local_guidance"}
+        assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate) == (params.train.lr, params.evaluate)
-    assert not any(variant_overrides("baseline").values()) and all(variant_overrides("gat_msg").values())
+    assert not any(variant_overrides("baseline")[0].values()) and all(variant_overrides("gat_msg")[0].values())
+    assert variant_params(params, "text_only", 0).train.mode == "text_only"
+    assert not variant_params(params, "clip_prefix", 0).model.regions
     with pytest.raises(ValueError, match="ablation.variants: unknown variant 'gcn'"):
         variant_overrides("gcn")
 

@@ -154,3 +154,15 @@ def test_search_matches_transformers_generate(tiny_language):
         assert ours.tolist() == theirs.tolist()
     hybrid = search(model, embeds, DecodeConfig(max_tokens=8), 8, 3)  # all greedy steps: the greedy result
     assert hybrid.tolist() == search(model, embeds, DecodeConfig(max_tokens=8), 8, 1).tolist()
+
+
+def test_clip_prefix_model_has_no_region_branch(tiny_language):
+    model = _model(tiny_language, regions=False, gat=False, global_guidance=False, local_guidance=False)
+    assert model.fuse is None and model.gat is None
+    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    prefix = model.prefix(batch)
+    torch.testing.assert_close(prefix.fused, batch["clip"])  # ClipCap: the mapper reads CLIP directly
+    batch["x"] = torch.full_like(batch["x"], float("nan"))  # regions are never read
+    assert torch.isfinite(model.prefix(batch).embeddings).all()
+    with pytest.raises(ValueError, match="model.gat needs model.regions"):
+        _model(tiny_language, regions=False)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.test_model import _items, _model
+from train.data import collate
 from train.losses import LossConfig
 from train.trainer import TrainConfig, train
 
@@ -62,3 +63,23 @@ def test_bf16_autocast_trains(tiny_language, tmp_path):
     assert best["epoch"] in (0, 1, 2) and all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         _run(tiny_language, tmp_path / "fp16", precision="fp16")
+
+
+def test_text_only_training_never_sees_the_image(tiny_language):
+    from train.trainer import Objective, check_mode
+
+    model = _model(tiny_language, regions=False, gat=False, global_guidance=False, local_guidance=False,
+                   normalize_clip=True)
+    cfg = TrainConfig(mode="text_only", text_noise=0.016)
+    batch = collate(_items(n=4, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    losses = []
+    for clip in (batch["clip"], torch.randn_like(batch["clip"]) * 100):  # any image embedding at all
+        torch.manual_seed(0)
+        losses.append(Objective(model, cfg)({**batch, "clip": clip})["total"].item())
+    assert losses[0] == losses[1]
+    torch.manual_seed(0)
+    assert Objective(model, TrainConfig())(batch)["total"].item() != losses[0]  # supervised mode does read it
+    with pytest.raises(ValueError, match="text_only trains without images"):
+        check_mode(_model(tiny_language), cfg)
+    with pytest.raises(ValueError, match="train.mode: unknown 'rl'"):
+        check_mode(model, TrainConfig(mode="rl"))

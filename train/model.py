@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.utils import scatter
 from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
@@ -27,6 +28,8 @@ class ModelConfig:
     """Every key is documented in params.yaml (section ``model``)."""
 
     gpt2: str = "gpt2"
+    regions: bool = True  # False: no region branch at all — ClipCap's CLIP-prefix captioner (f_fused = CLIP)
+    normalize_clip: bool = False  # unit-normalise the CLIP embedding (text-only training needs it)
     gat: bool = True
     gat_hidden: int = 128
     gat_heads: int = 4
@@ -72,10 +75,12 @@ class Captioner(nn.Module):
             raise ValueError("model.finetune_clip needs a CLIP tail (and a tail needs model.finetune_clip)")
         self.clip_tail = clip_tail  # CLIP's last blocks: recomputes the image embedding from cached tokens
         d, h = dims.clip, gpt2.config.n_embd
+        if cfg.gat and not cfg.regions:
+            raise ValueError("model.gat needs model.regions (the GAT runs over the regions)")
         self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
                                cfg.gat_edge_weights) if cfg.gat else None)
         region_out = self.gat.out_dim if self.gat else dims.region
-        self.fuse = nn.Linear(d + region_out, d)  # eq. 10: W_fused
+        self.fuse = nn.Linear(d + region_out, d) if cfg.regions else None  # eq. 10: W_fused
         # banks left out (None) are zeros until load_state_dict fills them from a saved folder
         if scene_bank is None:
             scene_bank = torch.zeros(dims.scene_bank, d)
@@ -94,12 +99,9 @@ class Captioner(nn.Module):
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
         clip = self.clip_tail(batch["clip_tokens"]) if self.clip_tail is not None else batch["clip"]  # (B, d)
-        n_images = clip.shape[0]
-        x = batch["x"]  # (V, D) all regions of the batch
-        if self.gat is not None:
-            x, _ = self.gat(x, batch["edge_index"], batch["edge_weight"])  # (V, hidden*heads)
-        regions = scatter(x, batch["node_batch"], dim=0, dim_size=n_images, reduce="mean")  # (B, ·)
-        fused = self.fuse(torch.cat([clip, regions], dim=-1))  # (B, d)
+        if self.cfg.normalize_clip:
+            clip = F.normalize(clip, dim=-1)
+        fused = self.fuse(torch.cat([clip, self.pooled_regions(batch, clip.shape[0])], dim=-1)) if self.fuse is not None else clip
         parts, gate, scene_attention = [fused], None, None
         if self.global_guidance is not None:
             guide, scene_attention = self.global_guidance(fused)
@@ -112,6 +114,13 @@ class Captioner(nn.Module):
             parts.append(guide)
         embeddings = self.mapping(torch.cat(parts, dim=-1))  # (B, L_p, h)
         return Prefix(embeddings, fused, gate, scene_attention)
+
+    def pooled_regions(self, batch: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
+        """The (GAT-enhanced) regions of each image, mean-pooled (eq. 10's region term): (B, ·)."""
+        x = batch["x"]  # (V, D) all regions of the batch
+        if self.gat is not None:
+            x, _ = self.gat(x, batch["edge_index"], batch["edge_weight"])  # (V, hidden*heads)
+        return scatter(x, batch["node_batch"], dim=0, dim_size=n_images, reduce="mean")
 
     def caption_logits(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: prefix (B, L_p, h), tokens/mask (B, T) → logits for the tokens (B, T, V)."""

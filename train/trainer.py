@@ -13,12 +13,13 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from dvclive import Live
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dvclive import Live
 from train.data import collate
 from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
 from train.losses import LossConfig, total_loss
@@ -43,6 +44,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, CUDA only)
     compile: bool = False  # torch.compile GPT-2 (the bulk of a step)
     seed: int = 0
+    mode: str = "supervised"  # supervised | text_only (CapDec: caption text embeddings + noise stand in for images)
+    text_noise: float = 0.016  # text_only: variance of the Gaussian noise added to the normalised text embedding
     val_images: int = 200  # validation images decoded (greedy) after each epoch; 0 = all
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -105,19 +108,35 @@ def set_phase(model: Captioner, phase: int) -> None:
         model.clip_tail.requires_grad_(phase == 2)
 
 
+MODES = ("supervised", "text_only")
+
+
 class Objective(nn.Module):
     """The training loss as a module's forward: DDP synchronises gradients only for computations
-    that run through the forward of the module it wraps."""
+    that run through the forward of the module it wraps. In ``text_only`` mode the image never
+    enters: the caption's own CLIP text embedding, normalised and with Gaussian noise added (to
+    bridge the image/text gap), takes the CLIP image embedding's place."""
 
-    def __init__(self, model: Captioner, cfg: LossConfig):
+    def __init__(self, model: Captioner, cfg: TrainConfig):
         super().__init__()
         self.model, self.cfg = model, cfg
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return total_loss(self.model, batch, self.cfg)
+        if self.cfg.mode == "text_only":
+            text = F.normalize(batch["text"], dim=-1)
+            batch = {**batch, "clip": text + math.sqrt(self.cfg.text_noise) * torch.randn_like(text)}
+        return total_loss(self.model, batch, self.cfg.loss)
 
 
-def _objective(model: Captioner, cfg: LossConfig, world: World, device: torch.device) -> nn.Module:
+def check_mode(model: Captioner, cfg: TrainConfig) -> None:
+    if cfg.mode not in MODES:
+        raise ValueError(f"train.mode: unknown {cfg.mode!r}; known: {MODES}")
+    if cfg.mode == "text_only" and (model.cfg.regions or not model.cfg.normalize_clip or model.clip_tail):
+        raise ValueError("train.mode text_only trains without images: it needs model.regions: false, "
+                         "model.normalize_clip: true and no CLIP fine-tuning")
+
+
+def _objective(model: Captioner, cfg: TrainConfig, world: World, device: torch.device) -> nn.Module:
     """Built anew at each phase: DDP registers the parameters that require grad at construction."""
     objective = Objective(model, cfg)
     if world.size == 1:
@@ -159,6 +178,7 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     checkpoint. Under torchrun (``world`` from :func:`train.distributed.process_group`) each rank
     trains on its share of every batch with DDP, and rank 0 alone validates, logs and writes.
     Returns the best validation scores."""
+    check_mode(model, cfg)
     seed_everything(cfg.seed + 1000 * world.rank)  # rank 0 draws what a one-process run draws
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -187,7 +207,7 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
             model.train()
             batches = GlobalBatches(len(train_set), cfg.batch_size, cfg.seed, epoch, world)
             loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_fn)
-            objective = _objective(model, cfg.loss, world, device)
+            objective = _objective(model, cfg, world, device)
             losses = mean_over_ranks(_train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
                                                   f"epoch {epoch} (phase {phase})"), world)
             lr = optimizer.param_groups[0]["lr"]

@@ -20,8 +20,9 @@ WORK = Path("models/ablations")  # model and checkpoint while a cell runs (a kil
 
 
 def variant_params(params: Params, variant: str, seed: int) -> Params:
-    model = dataclasses.replace(params.model, **variant_overrides(variant))
-    train = dataclasses.replace(params.train, seed=seed, phase1_epochs=params.ablation.phase1_epochs,
+    model_keys, train_keys = variant_overrides(variant)
+    model = dataclasses.replace(params.model, **model_keys)
+    train = dataclasses.replace(params.train, **train_keys, seed=seed, phase1_epochs=params.ablation.phase1_epochs,
                                 phase2_epochs=params.ablation.phase2_epochs)
     return dataclasses.replace(params, model=model, train=train)
 
