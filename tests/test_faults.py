@@ -15,8 +15,8 @@ DISK_FULL = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal
              "from pipeline.stages import regions; regions.main()")
 
 
-def _files(project):
-    folder = project / "data/features/regions"
+def _files(root):
+    folder = root / "data/features/regions"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
