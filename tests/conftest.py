@@ -66,3 +66,30 @@ def tiny_clip(tmp_path_factory):
     save_file(model.state_dict(), str(folder / "test-clip.safetensors"))
     return ClipConfig(model="test-clip", pretrained=str(folder / "test-clip.safetensors"),
                       config_file=str(folder / "test-clip.json"), tokenizer=str(folder / "tok")), model
+
+
+def tiny_project(folder: Path, stages=(), n_train: int = 6, **sections: dict) -> Path:
+    """A working folder with the demo parameters shrunk to ``n_train`` + 2 + 2 images in shards
+    of 4 (``sections`` update further params.yaml sections), with ``stages`` run in it."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["world"].update(n_train=n_train, n_val=2, n_test=2)
+    params["store"].update(shard_size=4, num_workers=0)
+    _merge(params, sections)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / "assets").symlink_to(ROOT / "assets")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setattr("sys.argv", ["stage"])
+        for stage in stages:
+            stage.main()
+    return folder
+
+
+def _merge(into: dict, updates: dict) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

@@ -2,40 +2,24 @@
 the same images, bad files reported by name, and a model of other features refused."""
 import dataclasses
 import json
-import os
 import shutil
-import sys
 
 import pytest
-import yaml
 
 from features.store import StoreError
 from pipeline import caption
 from pipeline.params import load_params
 from pipeline.stages import clip_image, clip_text, evaluate, knn, prepare, region_keywords, regions, train, world
-from tests.conftest import ROOT
+from tests.conftest import tiny_project
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 12-image world run through every stage (one short epoch per phase, greedy decoding)."""
-    project = tmp_path_factory.mktemp("caption")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["world"].update(n_train=8, n_val=2, n_test=2)
-    params["store"].update(shard_size=4, num_workers=0)
-    params["train"].update(phase1_epochs=1, phase2_epochs=1, batch_size=8, val_images=0)
-    params["evaluate"]["decode"].update(method="greedy")
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    (project / "assets").symlink_to(ROOT / "assets")
-    cwd, argv = os.getcwd(), sys.argv
-    os.chdir(project)
-    sys.argv = ["stage"]
-    try:
-        for stage in (world, prepare, clip_image, regions, clip_text, knn, region_keywords, train, evaluate):
-            stage.main()
-    finally:
-        os.chdir(cwd)
-        sys.argv = argv
+    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, train, evaluate)
+    project = tiny_project(tmp_path_factory.mktemp("caption"), stages, n_train=8,
+                           train=dict(phase1_epochs=1, phase2_epochs=1, batch_size=8, val_images=0),
+                           evaluate={"decode": {"method": "greedy"}})
     return project
 
 

@@ -41,6 +41,16 @@ def _model(tiny_language, **overrides) -> Captioner:
     return Captioner(cfg, dims, gpt2, tokenizer, torch.randn(SCENES, D_CLIP), torch.randn(OBJECTS, D_CLIP))
 
 
+def changed_by_one_step(model: Captioner, batch: dict) -> set[str]:
+    """Names of the parameters one AdamW step on the training loss changes."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    total_loss(model, batch, LossConfig())["total"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+
 def test_graph_edges_are_symmetric_and_unique():
     neighbors = np.array([[1, 2], [0, -1], [-1, -1]])
     weights = np.array([[0.9, 0.4], [0.9, 0.0], [0.0, 0.0]], np.float32)
@@ -124,17 +134,13 @@ def test_phase_one_freezes_gpt2_and_trains_the_rest(tiny_language):
 
     model = _model(tiny_language)
     batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    names = {n for n, _ in model.named_parameters()}
     for phase in (1, 2):
         set_phase(model, phase)
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        total_loss(model, batch, LossConfig())["total"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-        gpt2 = {n for n in before if n.startswith("gpt2.")}
+        changed = changed_by_one_step(model, batch)
+        gpt2 = {n for n in names if n.startswith("gpt2.")}
         assert (changed & gpt2 == set()) if phase == 1 else gpt2 <= changed | {"gpt2.lm_head.weight"}
-        assert set(before) - gpt2 <= changed  # everything outside GPT-2 trains in both phases
+        assert names - gpt2 <= changed  # everything outside GPT-2 trains in both phases
 
 
 def test_search_matches_transformers_generate(tiny_language):

@@ -12,21 +12,15 @@ import yaml
 
 from features.store import StoreError, shard_path
 from pipeline.stages import clip_image, clip_text, knn, prepare, region_keywords, regions, world
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_project
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A working folder with the demo parameters shrunk to 10 images in shards of 4."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["world"].update(n_train=6, n_val=2, n_test=2)
-    params["store"].update(shard_size=4, num_workers=0)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "assets").symlink_to(ROOT / "assets")
+    tiny_project(tmp_path, (world, prepare))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["stage"])
-    world.main()
-    prepare.main()
     return tmp_path
 
 

@@ -9,24 +9,14 @@ import yaml
 from features.store import shard_path
 from pipeline import verify
 from pipeline.stages import clip_image, clip_text, knn, prepare, region_keywords, regions, world
-from tests.conftest import ROOT
+from tests.conftest import tiny_project
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """All feature kinds of a 10-image world in shards of 4, made once."""
-    project = tmp_path_factory.mktemp("verify")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["world"].update(n_train=6, n_val=2, n_test=2)
-    params["store"].update(shard_size=4, num_workers=0)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    (project / "assets").symlink_to(ROOT / "assets")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project)
-        patch.setattr("sys.argv", ["stage"])
-        for stage in (world, prepare, clip_image, regions, clip_text, knn, region_keywords):
-            stage.main()
-    return project
+    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords)
+    return tiny_project(tmp_path_factory.mktemp("verify"), stages)
 
 
 @pytest.fixture
