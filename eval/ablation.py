@@ -1,10 +1,10 @@
-"""The ablation table (the paper's Tables 5-6): named model variants, each trained and evaluated
-over several seeds, reported as mean ± std.
+"""The ablation table (the paper's Tables 5-6, and the related captioners): named model variants,
+each trained and evaluated over several seeds, reported as mean ± std.
 
-``VARIANTS`` is the registry: name → (row label, the ``model.*`` keys it sets, the ``train.*``
-keys it sets). Contract: a variant only switches modules on or off or picks a registered
-alternative (a mapper, a training mode); everything else comes from params.yaml, so rows
-differ in exactly what their label says.
+``VARIANTS`` is the registry: name → :class:`Variant`. Contract: a variant only switches modules
+on or off or picks a registered alternative (a mapper, a conditioning, a training mode, a
+re-ranker, the semi-supervised stages); everything else comes from params.yaml, so rows differ
+in exactly what their label says.
 """
 from __future__ import annotations
 
@@ -14,17 +14,35 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+
+@dataclass(frozen=True)
+class Variant:
+    label: str  # the row's name in the table
+    model: dict[str, Any] = field(default_factory=dict)  # model.* keys it sets
+    train: dict[str, Any] = field(default_factory=dict)  # train.* keys it sets
+    decode: dict[str, Any] = field(default_factory=dict)  # evaluate.decode.* keys it sets
+    labelled_only: bool = False  # trains on ablation.labelled_fraction of the images' captions
+    scst: bool = False  # ... then ablation.scst_epochs of SCST with a CLIP reward on the rest
+
+
 _PLAIN = {"regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
-VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
-    "clip_prefix": ("CLIP-prefix (ClipCap: CLIP → MLP → GPT-2)", _PLAIN, {}),
-    "text_only": ("Text-only training (CapDec: noisy caption embeddings)", {**_PLAIN, "normalize_clip": True},
-                  {"mode": "text_only"}),
-    "baseline": ("Baseline: CLIP + regions + GPT-2", {"gat": False, "global_guidance": False, "local_guidance": False},
-                 {}),
-    "gat": ("+ GAT-LFE", {"gat": True, "global_guidance": False, "local_guidance": False}, {}),
-    "gat_global": ("+ GAT-LFE + global guidance", {"gat": True, "global_guidance": True, "local_guidance": False}, {}),
-    "gat_local": ("+ GAT-LFE + local guidance", {"gat": True, "global_guidance": False, "local_guidance": True}, {}),
-    "gat_msg": ("+ GAT-LFE + MSG (full model)", {"gat": True, "global_guidance": True, "local_guidance": True}, {}),
+_SWITCHES = {name: {"gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
+    ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
+    ("gat_local", True, False, True), ("gat_msg", True, True, True))}
+VARIANTS: dict[str, Variant] = {
+    "clip_prefix": Variant("CLIP-prefix (ClipCap: CLIP → MLP → GPT-2)", _PLAIN),
+    "keyword_only": Variant("Keyword-only (top-k CLIP keywords → GPT-2, CLIP re-ranking)",
+                            {**_PLAIN, "condition": "keywords"}, decode={"rerank": "clip"}),
+    "text_only": Variant("Text-only training (CapDec: noisy caption embeddings)", {**_PLAIN, "normalize_clip": True},
+                         {"mode": "text_only"}),
+    "labelled_subset": Variant("Full model, labelled subset only (stage 1 alone)", labelled_only=True),
+    "semi_supervised": Variant("Semi-supervised: labelled subset, then SCST with CLIP reward", labelled_only=True,
+                               scst=True),
+    "baseline": Variant("Baseline: CLIP + regions + GPT-2", _SWITCHES["baseline"]),
+    "gat": Variant("+ GAT-LFE", _SWITCHES["gat"]),
+    "gat_global": Variant("+ GAT-LFE + global guidance", _SWITCHES["gat_global"]),
+    "gat_local": Variant("+ GAT-LFE + local guidance", _SWITCHES["gat_local"]),
+    "gat_msg": Variant("+ GAT-LFE + MSG (full model)", _SWITCHES["gat_msg"]),
 }
 
 # columns of the table: (metrics.json key, header)
@@ -41,13 +59,14 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     phase1_epochs: int = 1  # a shorter schedule than the main model's: rows are compared with each other
     phase2_epochs: int = 5
+    labelled_fraction: float = 0.1  # labelled_subset / semi_supervised: share of training images with captions
+    scst_epochs: int = 2  # semi_supervised: SCST epochs on the other images
 
 
-def variant_overrides(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model.* keys, train.* keys) the variant sets."""
+def variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise ValueError(f"ablation.variants: unknown variant {name!r}; known: {sorted(VARIANTS)}")
-    return VARIANTS[name][1], VARIANTS[name][2]
+    return VARIANTS[name]
 
 
 def summarize(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> list[dict[str, Any]]:
@@ -55,7 +74,7 @@ def summarize(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> list[
     (sample standard deviation; 0 for a single seed)."""
     rows = []
     for name, by_seed in results.items():
-        row: dict[str, Any] = {"variant": name, "label": VARIANTS[name][0], "seeds": len(by_seed)}
+        row: dict[str, Any] = {"variant": name, "label": VARIANTS[name].label, "seeds": len(by_seed)}
         for key, _ in COLUMNS:
             values = [m[key] for m in by_seed.values() if key in m and not math.isnan(m[key])]
             if values:

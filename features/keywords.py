@@ -104,3 +104,11 @@ def label_keywords(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, 
     """``local_source: labels``: each region's keyword is its class; (n, N) → (n, N, 1)."""
     ids = np.where(labels > 0, labels, -1).astype(np.int32)
     return ids[..., None], np.where(labels > 0, scores, 0).astype(np.float32)[..., None]
+
+
+def selectable_keywords(cfg: KeywordConfig, scene: tuple[list[str], np.ndarray],
+                        objects: tuple[list[str], np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """Both banks (words, embeddings) as one list an image picks its keywords from (keyword-only
+    generation). A ``classes`` object bank's slot 0 is the detector's background, not a keyword."""
+    first = 1 if cfg.object_bank == "classes" else 0
+    return scene[0] + objects[0][first:], np.concatenate([scene[1], objects[1][first:]])

@@ -27,7 +27,7 @@ from pipeline.extract import IMAGE_FEATURES
 from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
-from pipeline.stages.common import for_each_shard, start
+from pipeline.stages.common import for_each_shard, start, text_encoder
 from train.data import CachedFeatures, Images, StoreSpec
 from train.decode import caption_images
 from train.model import load_captioner
@@ -74,8 +74,9 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
             for reject in reader.rejects():
                 errors.setdefault(reject["id"], reject["reason"])
         good = [i for i, e in enumerate(entries) if e["id"] not in errors]
+        rerank = text_encoder(params, device) if params.evaluate.decode.rerank == "clip" else None
         captions = caption_images(model, Images(features, good), params.evaluate.decode, params.evaluate.batch_size,
-                                  device) if good else []
+                                  device, rerank) if good else []
         features.close()
     by_index = dict(zip(good, captions))
     return [{"file": str(path), "caption": by_index[i]} if i in by_index else

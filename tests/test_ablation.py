@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from eval.ablation import VARIANTS, markdown, summarize, to_csv, variant_overrides
+from eval.ablation import VARIANTS, markdown, summarize, to_csv, variant
 from pipeline.params import load_params
 from pipeline.stages.ablation import variant_params
 from tests.conftest import ROOT
@@ -14,15 +14,22 @@ def test_variants_change_only_switches_and_schedule():
     for name in VARIANTS:
         p = variant_params(params, name, seed=7)
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
-        assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance"}
+        assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
-        assert (p.train.lr, p.evaluate) == (params.train.lr, params.evaluate)
-    assert not any(variant_overrides("baseline")[0].values()) and all(variant_overrides("gat_msg")[0].values())
+        assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (
+            params.train.lr, params.evaluate.split, params.evaluate.decode.method)
+    assert not any(variant("baseline").model.values()) and all(variant("gat_msg").model.values())
     assert variant_params(params, "text_only", 0).train.mode == "text_only"
     assert not variant_params(params, "clip_prefix", 0).model.regions
+    keywords = variant_params(params, "keyword_only", 0)
+    assert (keywords.model.condition, keywords.evaluate.decode.rerank) == ("keywords", "clip")
+    labelled, semi = variant_params(params, "labelled_subset", 0).train, variant_params(params, "semi_supervised", 0).train
+    assert labelled.labelled_fraction == semi.labelled_fraction == params.ablation.labelled_fraction < 1
+    assert (labelled.scst_epochs, semi.scst_epochs) == (0, params.ablation.scst_epochs)
+    assert variant_params(params, "gat_msg", 0).train.labelled_fraction == 1
     with pytest.raises(ValueError, match="ablation.variants: unknown variant 'gcn'"):
-        variant_overrides("gcn")
+        variant("gcn")
 
 
 def test_table_has_mean_and_sample_std_over_seeds():

@@ -153,13 +153,15 @@ def test_search_matches_transformers_generate(tiny_language):
     tok = model.tokenizer
     for beams in (1, 3):
         cfg = DecodeConfig(max_tokens=8)
-        ours = search(model, embeds, cfg, 8 if beams == 1 else 0, beams)
+        ours = search(model, embeds, cfg, 8 if beams == 1 else 0, beams)[0][:, 0]  # the best beam
         theirs = model.gpt2.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
                                      max_new_tokens=8, num_beams=beams, do_sample=False, eos_token_id=tok.eos_token_id,
                                      pad_token_id=tok.pad_token_id)
         assert ours.tolist() == theirs.tolist()
-    hybrid = search(model, embeds, DecodeConfig(max_tokens=8), 8, 3)  # all greedy steps: the greedy result
-    assert hybrid.tolist() == search(model, embeds, DecodeConfig(max_tokens=8), 8, 1).tolist()
+    hybrid, scores = search(model, embeds, DecodeConfig(max_tokens=8), 8, 3)  # all greedy steps: the greedy result
+    assert hybrid.tolist() == search(model, embeds, DecodeConfig(max_tokens=8), 8, 1)[0].tolist()
+    beams, scores = search(model, embeds, DecodeConfig(max_tokens=8), 0, 3)
+    assert beams.shape[:2] == (6, 3) and bool((scores[:, :-1] >= scores[:, 1:]).all())  # best first
 
 
 def test_clip_prefix_model_has_no_region_branch(tiny_language):

@@ -91,6 +91,16 @@ def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: list[str], m
     return (np.concatenate(flat) if flat else np.zeros(0, np.int32)), np.cumsum(lengths)
 
 
+def labelled_split(indices: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(labelled, unlabelled): a seeded random ``fraction`` of the images (at least one) keeps
+    its captions; semi-supervised training never reads the others' captions."""
+    if fraction >= 1:
+        return list(indices), []
+    order = np.random.default_rng(seed).permutation(len(indices))
+    n = max(1, round(fraction * len(indices)))
+    return [indices[i] for i in sorted(order[:n])], [indices[i] for i in sorted(order[n:])]
+
+
 class CaptionPairs(Dataset):
     """One item per (image, reference caption) pair of the given images: the training set. The
     index is a few numpy arrays (no Python object per pair), so it stays small at COCO scale."""

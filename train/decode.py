@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from train.data import collate
@@ -21,14 +24,20 @@ class DecodeConfig:
     greedy_tokens: int = 3  # hybrid: tokens chosen greedily before the beam takes over
     max_tokens: int = 30
     length_penalty: float = 1.0
+    rerank: str = "none"  # none | clip: of the final beams, keep the one CLIP finds closest to the image
 
 
 METHODS = ("greedy", "beam", "hybrid")
+RERANKERS = ("none", "clip")
+# texts → their CLIP text embeddings (n, d): the pipeline's frozen text tower
+TextEncoder = Callable[[list[str]], np.ndarray]
 
 
 @torch.no_grad()
-def search(model: Captioner, embeds: torch.Tensor, cfg: DecodeConfig, greedy_steps: int, beams: int) -> torch.Tensor:
-    """Token ids (B, T) after the prefix embeddings (B, L_p, h): ``greedy_steps`` greedy tokens,
+def search(model: Captioner, embeds: torch.Tensor, cfg: DecodeConfig, greedy_steps: int,
+           beams: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, w, T) of the final beams after the prefix embeddings (B, L_p, h), best first,
+    and their scores (B, w): ``greedy_steps`` greedy tokens,
     then beam search with ``beams`` beams for the rest (``beams`` = 1: greedy all the way). One
     pass over GPT-2 with its key/value cache: the prefix is encoded once, and the beams grow out
     of the greedy head without re-reading it. A finished caption keeps its score and is padded
@@ -64,32 +73,58 @@ def search(model: Captioner, embeds: torch.Tensor, cfg: DecodeConfig, greedy_ste
         cache.reorder_cache(rows)
         out = model.gpt2(input_ids=words[:, None], past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1].float()
-    final = (scores / lengths.clamp_min(1) ** cfg.length_penalty).view(batch, width)
-    best = torch.arange(batch, device=embeds.device) * width + final.argmax(dim=-1)
-    return tokens[best]
+    final, order = (scores / lengths.clamp_min(1) ** cfg.length_penalty).view(batch, width).sort(dim=-1, descending=True, stable=True)
+    rows = (torch.arange(batch, device=embeds.device)[:, None] * width + order).flatten()
+    return tokens[rows].view(batch, width, -1), final
+
+
+def check_decode(cfg: DecodeConfig, text_encoder: TextEncoder | None = None) -> None:
+    if cfg.method not in METHODS:
+        raise ValueError(f"evaluate.method: unknown decoding {cfg.method!r}; known: {METHODS}")
+    if cfg.rerank not in RERANKERS:
+        raise ValueError(f"evaluate.decode.rerank: unknown {cfg.rerank!r}; known: {RERANKERS}")
+    if cfg.rerank == "clip" and (cfg.method == "greedy" or cfg.beam_size < 2):
+        raise ValueError("evaluate.decode.rerank clip ranks the final beams: it needs beam or hybrid decoding "
+                         "with beam_size >= 2")
+    if cfg.rerank == "clip" and text_encoder is None:
+        raise ValueError("evaluate.decode.rerank clip needs CLIP's text encoder")
 
 
 @torch.no_grad()
-def decode(model: Captioner, batch: dict[str, torch.Tensor], cfg: DecodeConfig) -> list[str]:
-    if cfg.method not in METHODS:
-        raise ValueError(f"evaluate.method: unknown decoding {cfg.method!r}; known: {METHODS}")
+def decode(model: Captioner, batch: dict[str, torch.Tensor], cfg: DecodeConfig,
+           text_encoder: TextEncoder | None = None) -> list[str]:
+    """One caption per image of the batch; with ``rerank: clip`` the final beam whose CLIP text
+    embedding is closest to the image's CLIP embedding, else the most probable one."""
+    check_decode(cfg, text_encoder)
     embeds = model.prefix(batch).embeddings  # (B, L_p, h)
     greedy_steps = {"greedy": cfg.max_tokens, "beam": 0, "hybrid": cfg.greedy_tokens}[cfg.method]
-    tokens = search(model, embeds, cfg, greedy_steps, cfg.beam_size)
-    eos = model.tokenizer.eos_token_id
-    return [_text(model, row, eos) for row in tokens.tolist()]
+    tokens, _ = search(model, embeds, cfg, greedy_steps, cfg.beam_size)  # (B, w, T)
+    if cfg.rerank == "none":
+        return texts_of(model, tokens[:, 0])
+    batch_size, width = tokens.shape[:2]
+    candidates = texts_of(model, tokens.flatten(0, 1))  # (B·w) captions, image by image
+    texts = torch.from_numpy(text_encoder(candidates)).to(embeds.device)
+    similarity = (F.normalize(texts.float(), dim=-1).view(batch_size, width, -1)
+                  @ F.normalize(batch["clip"].float(), dim=-1)[:, :, None]).squeeze(-1)  # (B, w)
+    return [candidates[b * width + j] for b, j in enumerate(similarity.argmax(dim=-1).tolist())]
 
 
-def _text(model: Captioner, ids: list[int], eos: int) -> str:
-    if eos in ids:
-        ids = ids[: ids.index(eos)]
-    return model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+def texts_of(model: Captioner, tokens: torch.Tensor) -> list[str]:
+    """Token ids (B, T) → captions, each cut at its first EOS."""
+    eos, texts = model.tokenizer.eos_token_id, []
+    for ids in tokens.tolist():
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        texts.append(model.tokenizer.decode(ids, skip_special_tokens=True).strip())
+    return texts
 
 
-def caption_images(model: Captioner, dataset, cfg: DecodeConfig, batch_size: int, device: torch.device) -> list[str]:
+def caption_images(model: Captioner, dataset, cfg: DecodeConfig, batch_size: int, device: torch.device,
+                   text_encoder: TextEncoder | None = None) -> list[str]:
     """Decode every item of an image dataset (``train.data.Images``), in order."""
+    check_decode(cfg, text_encoder)
     model.eval().to(device)
     captions: list[str] = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        captions += decode(model, {k: v.to(device) for k, v in batch.items()}, cfg)
+        captions += decode(model, {k: v.to(device) for k, v in batch.items()}, cfg, text_encoder)
     return captions

@@ -42,7 +42,7 @@ def alignment_loss(fused: torch.Tensor, text: torch.Tensor, cfg: LossConfig) -> 
 def gate_loss(model: Captioner, prefix: Prefix, cfg: LossConfig) -> torch.Tensor:
     """Mean absolute value (an L1 norm divided by its size, so λ does not scale with d)."""
     if model.local_guidance is None:
-        return prefix.fused.new_zeros(())
+        return prefix.embeddings.new_zeros(())
     if cfg.gate_on == "activations":
         return cfg.gate_lambda * prefix.gate.abs().mean()
     if cfg.gate_on == "weights":
@@ -54,7 +54,8 @@ def total_loss(model: Captioner, batch: dict[str, torch.Tensor], cfg: LossConfig
     prefix = model.prefix(batch)
     parts = {
         "gen": generation_loss(model, prefix, batch["tokens"], batch["mask"]),
-        "align": alignment_loss(prefix.fused, batch["text"], cfg),
+        "align": (alignment_loss(prefix.fused, batch["text"], cfg) if prefix.fused is not None
+                  else prefix.embeddings.new_zeros(())),
         "gate": gate_loss(model, prefix, cfg),
     }
     parts["total"] = parts["gen"] + cfg.alpha_align * parts["align"] + cfg.alpha_gate * parts["gate"]

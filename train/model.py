@@ -28,6 +28,8 @@ class ModelConfig:
     """Every key is documented in params.yaml (section ``model``)."""
 
     gpt2: str = "gpt2"
+    condition: str = "image"  # image | keywords (GPT-2 sees only the top-k keywords by image-text similarity)
+    keyword_top_k: int = 5  # condition keywords: keywords per image, in order of similarity
     regions: bool = True  # False: no region branch at all — ClipCap's CLIP-prefix captioner (f_fused = CLIP)
     normalize_clip: bool = False  # unit-normalise the CLIP embedding (text-only training needs it)
     gat: bool = True
@@ -55,20 +57,26 @@ class FeatureDims:
     region: int  # D: region feature width
     scene_bank: int  # S: global keywords
     object_bank: int  # C: object keywords (label ids)
+    keyword_bank: int = 0  # K: keywords selectable by model.condition keywords
 
 
 @dataclass
 class Prefix:
     embeddings: torch.Tensor  # (B, L_p, h)
-    fused: torch.Tensor  # (B, d) f_fused, for L_align
+    fused: torch.Tensor | None  # (B, d) f_fused, for L_align (None: nothing trainable before the mapper)
     gate: torch.Tensor | None  # (B, d) local gate activations, for L_gate
     scene_attention: torch.Tensor | None  # (B, S)
+    keyword_ids: torch.Tensor | None = None  # (B, k) condition keywords: the keywords GPT-2 was given
+
+
+CONDITIONS = ("image", "keywords")
 
 
 class Captioner(nn.Module):
     def __init__(self, cfg: ModelConfig, dims: FeatureDims, gpt2: GPT2LMHeadModel,
                  tokenizer: PreTrainedTokenizerBase, scene_bank: torch.Tensor | None = None,
-                 object_bank: torch.Tensor | None = None, clip_tail: ClipTail | None = None):
+                 object_bank: torch.Tensor | None = None, clip_tail: ClipTail | None = None,
+                 keyword_bank: torch.Tensor | None = None):
         super().__init__()
         self.cfg, self.dims, self.gpt2, self.tokenizer = cfg, dims, gpt2, tokenizer
         if cfg.finetune_clip != (clip_tail is not None):
@@ -77,6 +85,7 @@ class Captioner(nn.Module):
         d, h = dims.clip, gpt2.config.n_embd
         if cfg.gat and not cfg.regions:
             raise ValueError("model.gat needs model.regions (the GAT runs over the regions)")
+        _check_condition(cfg, dims)
         self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
                                cfg.gat_edge_weights) if cfg.gat else None)
         region_out = self.gat.out_dim if self.gat else dims.region
@@ -88,7 +97,12 @@ class Captioner(nn.Module):
         self.local_guidance = LocalGuidance(d) if cfg.local_guidance else None
         if cfg.local_guidance:
             self.register_buffer("object_bank", object_bank if object_bank is not None else torch.zeros(dims.object_bank, d))
+        if cfg.condition == "keywords":  # the selectable keywords' CLIP text embeddings, unit-normalised
+            bank = keyword_bank if keyword_bank is not None else torch.zeros(dims.keyword_bank, d)
+            self.register_buffer("keyword_bank", F.normalize(bank, dim=-1))
         c_dim = d * (1 + cfg.global_guidance + cfg.local_guidance)  # eq. 13: C_fused
+        if cfg.condition == "keywords":
+            c_dim = d * cfg.keyword_top_k  # the chosen keywords' embeddings side by side
         if cfg.mapping == "mlp":  # eq. 14
             self.mapping = MLPMapper(c_dim, h, cfg.prefix_length, cfg.mapping_hidden)
         elif cfg.mapping == "transformer":
@@ -98,6 +112,8 @@ class Captioner(nn.Module):
             raise ValueError(f"model.mapping: unknown {cfg.mapping!r}; known: {MAPPERS}")
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
+        if self.cfg.condition == "keywords":
+            return self.keyword_prefix(batch["clip"])
         clip = self.clip_tail(batch["clip_tokens"]) if self.clip_tail is not None else batch["clip"]  # (B, d)
         if self.cfg.normalize_clip:
             clip = F.normalize(clip, dim=-1)
@@ -114,6 +130,15 @@ class Captioner(nn.Module):
             parts.append(guide)
         embeddings = self.mapping(torch.cat(parts, dim=-1))  # (B, L_p, h)
         return Prefix(embeddings, fused, gate, scene_attention)
+
+    def keyword_prefix(self, clip: torch.Tensor) -> Prefix:
+        """Keyword-only generation: the image picks its top-k keywords by CLIP image-text cosine
+        similarity and is not seen again; GPT-2 is conditioned on those keywords' text embeddings,
+        most similar first. The choice is not differentiable: only the mapper and GPT-2 train."""
+        similarity = F.normalize(clip, dim=-1) @ self.keyword_bank.T  # (B, K)
+        ids = similarity.topk(self.cfg.keyword_top_k, dim=-1).indices  # (B, k), most similar first
+        chosen = self.keyword_bank[ids]  # (B, k, d)
+        return Prefix(self.mapping(chosen.flatten(1)), None, None, None, ids)
 
     def pooled_regions(self, batch: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
         """The (GAT-enhanced) regions of each image, mean-pooled (eq. 10's region term): (B, ·)."""
@@ -147,6 +172,19 @@ class Captioner(nn.Module):
             folder.rename(old)
         tmp.rename(folder)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_condition(cfg: ModelConfig, dims: FeatureDims) -> None:
+    if cfg.condition not in CONDITIONS:
+        raise ValueError(f"model.condition: unknown {cfg.condition!r}; known: {CONDITIONS}")
+    if cfg.condition != "keywords":
+        return
+    if cfg.regions or cfg.global_guidance or cfg.local_guidance or cfg.finetune_clip:
+        raise ValueError("model.condition keywords: GPT-2 sees only keywords, so it needs model.regions, "
+                         "global_guidance, local_guidance and finetune_clip all false")
+    if not 0 < cfg.keyword_top_k <= dims.keyword_bank:
+        raise ValueError(f"model.keyword_top_k: {cfg.keyword_top_k} is not within 1..{dims.keyword_bank} "
+                         "(the keywords available)")
 
 
 def load_gpt2(name_or_folder: str) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerBase]:

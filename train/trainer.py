@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from train.data import collate
+from train.decode import TextEncoder
 from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
 from train.losses import LossConfig, total_loss
 from train.model import Captioner
+from train.scst import SelfCritical
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class TrainConfig:
     seed: int = 0
     mode: str = "supervised"  # supervised | text_only (CapDec: caption text embeddings + noise stand in for images)
     text_noise: float = 0.016  # text_only: variance of the Gaussian noise added to the normalised text embedding
+    labelled_fraction: float = 1.0  # share of the training images whose captions are used (semi-supervised: e.g. 0.02)
+    scst_epochs: int = 0  # stage 2 (after phases 1-2): SCST with a CLIP reward on the images left unlabelled
+    scst_lr: float = 1e-5  # learning rate at the start of stage 2 (× lr_decay per epoch as before)
     val_images: int = 200  # validation images decoded (greedy) after each epoch; 0 = all
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -101,11 +106,23 @@ def _mixed_precision(precision: str, device: torch.device):
     return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
+SCST = 3  # the phase number of the semi-supervised stage 2
+
+
 def set_phase(model: Captioner, phase: int) -> None:
-    """Phase 1 freezes GPT-2 (and CLIP's tail, if fine-tuned); phase 2 trains everything."""
-    model.gpt2.requires_grad_(phase == 2)
+    """Phase 1 freezes GPT-2 (and CLIP's tail, if fine-tuned); phase 2 and SCST train everything."""
+    model.gpt2.requires_grad_(phase >= 2)
     if model.clip_tail is not None:
-        model.clip_tail.requires_grad_(phase == 2)
+        model.clip_tail.requires_grad_(phase >= 2)
+
+
+@dataclass
+class Unlabelled:
+    """Stage 2 of semi-supervised training: images (``train.data.Images`` over features without
+    captions) and the frozen CLIP text tower that rewards captions of them."""
+
+    images: object
+    text_encoder: TextEncoder
 
 
 MODES = ("supervised", "text_only")
@@ -128,17 +145,26 @@ class Objective(nn.Module):
         return total_loss(self.model, batch, self.cfg.loss)
 
 
-def check_mode(model: Captioner, cfg: TrainConfig) -> None:
+def check_mode(model: Captioner, cfg: TrainConfig, unlabelled: Unlabelled | None = None) -> None:
     if cfg.mode not in MODES:
         raise ValueError(f"train.mode: unknown {cfg.mode!r}; known: {MODES}")
     if cfg.mode == "text_only" and (model.cfg.regions or not model.cfg.normalize_clip or model.clip_tail):
         raise ValueError("train.mode text_only trains without images: it needs model.regions: false, "
                          "model.normalize_clip: true and no CLIP fine-tuning")
+    if not 0 < cfg.labelled_fraction <= 1:
+        raise ValueError(f"train.labelled_fraction: {cfg.labelled_fraction} is not in (0, 1]")
+    if cfg.scst_epochs and (cfg.mode != "supervised" or cfg.labelled_fraction == 1):
+        raise ValueError("train.scst_epochs: stage 2 trains on the images left unlabelled: it needs "
+                         "train.labelled_fraction < 1 and train.mode supervised")
+    if cfg.scst_epochs and unlabelled is None:
+        raise ValueError("train.scst_epochs: no unlabelled images and CLIP text encoder were given for stage 2")
 
 
-def _objective(model: Captioner, cfg: TrainConfig, world: World, device: torch.device) -> nn.Module:
+def _objective(model: Captioner, cfg: TrainConfig, world: World, device: torch.device, phase: int,
+               unlabelled: Unlabelled | None) -> nn.Module:
     """Built anew at each phase: DDP registers the parameters that require grad at construction."""
-    objective = Objective(model, cfg)
+    objective = (SelfCritical(model, unlabelled.text_encoder, cfg.max_tokens) if phase == SCST
+                 else Objective(model, cfg))
     if world.size == 1:
         return objective
     return DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -169,7 +195,7 @@ def _train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.opti
 def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir: Path,
           scorer: Callable[[Captioner], dict[str, float]], score_key: str, device: torch.device,
           save_extra: dict | None = None, checkpoint: Path | None = None, fingerprint: str = "",
-          world: World = World()) -> dict[str, float]:
+          world: World = World(), unlabelled: Unlabelled | None = None) -> dict[str, float]:
     """Train, validating with ``scorer`` after each epoch; the best epoch by ``score_key`` is
     saved to ``out_dir``, dvclive logs go to ``live_dir``. After every epoch the whole training
     state (weights, optimizer, schedule, RNG streams of every rank, best so far) goes to
@@ -177,8 +203,10 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     resumes from there and ends exactly as an uninterrupted one. A finished run deletes its
     checkpoint. Under torchrun (``world`` from :func:`train.distributed.process_group`) each rank
     trains on its share of every batch with DDP, and rank 0 alone validates, logs and writes.
-    Returns the best validation scores."""
-    check_mode(model, cfg)
+    With ``train.scst_epochs`` the SCST epochs on ``unlabelled`` follow phase 2, and the saved
+    model is the best of those epochs (stage 2's result, not stage 1's). Returns the best
+    validation scores."""
+    check_mode(model, cfg, unlabelled)
     seed_everything(cfg.seed + 1000 * world.rank)  # rank 0 draws what a one-process run draws
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -197,7 +225,7 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     if cfg.compile:
         model.gpt2.forward = torch.compile(model.gpt2.forward)
     collate_fn = partial(collate, pad_id=model.tokenizer.pad_token_id)
-    phases = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs
+    phases = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs + [SCST] * cfg.scst_epochs
     live_or_none = (Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False)
                     if world.is_main else contextlib.nullcontext())
     with live_or_none as live:
@@ -205,9 +233,14 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
             phase = phases[epoch]
             set_phase(model, phase)
             model.train()
-            batches = GlobalBatches(len(train_set), cfg.batch_size, cfg.seed, epoch, world)
-            loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_fn)
-            objective = _objective(model, cfg, world, device)
+            if phase == SCST and (epoch == 0 or phases[epoch - 1] != SCST):  # stage 2 starts: its own rate, its own best
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.scst_lr
+                best = {score_key: -math.inf}
+            data = unlabelled.images if phase == SCST else train_set
+            batches = GlobalBatches(len(data), cfg.batch_size, cfg.seed, epoch, world)
+            loader = DataLoader(data, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_fn)
+            objective = _objective(model, cfg, world, device, phase, unlabelled)
             losses = mean_over_ranks(_train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
                                                   f"epoch {epoch} (phase {phase})"), world)
             lr = optimizer.param_groups[0]["lr"]

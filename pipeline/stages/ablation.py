@@ -9,7 +9,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from eval.ablation import variant_overrides
+from eval.ablation import variant
 from pipeline.params import Params
 from pipeline.stages.common import load_manifest, start, write_json
 from pipeline.stages.evaluate import evaluate_captioner
@@ -19,12 +19,18 @@ RESULTS = Path("results/ablations")
 WORK = Path("models/ablations")  # model and checkpoint while a cell runs (a killed run resumes); removed after
 
 
-def variant_params(params: Params, variant: str, seed: int) -> Params:
-    model_keys, train_keys = variant_overrides(variant)
-    model = dataclasses.replace(params.model, **model_keys)
-    train = dataclasses.replace(params.train, **train_keys, seed=seed, phase1_epochs=params.ablation.phase1_epochs,
-                                phase2_epochs=params.ablation.phase2_epochs)
-    return dataclasses.replace(params, model=model, train=train)
+def variant_params(params: Params, name: str, seed: int) -> Params:
+    """``params`` with the variant's switches, the training seed and the ablation schedule."""
+    row, schedule = variant(name), params.ablation
+    semi = {"labelled_fraction": schedule.labelled_fraction} if row.labelled_only else {}
+    if row.scst:
+        semi["scst_epochs"] = schedule.scst_epochs
+    model = dataclasses.replace(params.model, **row.model)
+    train = dataclasses.replace(params.train, **row.train, **semi, seed=seed, phase1_epochs=schedule.phase1_epochs,
+                                phase2_epochs=schedule.phase2_epochs)
+    decode = dataclasses.replace(params.evaluate.decode, **row.decode)
+    return dataclasses.replace(params, model=model, train=train,
+                               evaluate=dataclasses.replace(params.evaluate, decode=decode))
 
 
 def main() -> None:

@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from features.clip import encode_texts, load_clip
 from features.images import ImageError
 from features.store import StoreError, open_shard, shard_path, shard_slices, write_shard
 from pipeline import runtime
 from pipeline.params import Params, load_params
 from pipeline.provenance import expected
 from train.data import CachedFeatures, StoreSpec
+from train.decode import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +153,14 @@ def _summarize_rejects(store: Path, kind: str, n_shards: int) -> None:
                     store / kind / "rejects.json", rejects[0]["reason"])
 
 
-def open_features(params: Params, manifest: dict[str, Any], with_tokens: bool = False) -> CachedFeatures:
+def open_features(params: Params, manifest: dict[str, Any], with_tokens: bool = False,
+                  with_text: bool = True) -> CachedFeatures:
     """The store, validated against the current parameters before any training or decoding;
-    ``with_tokens`` also serves the cached CLIP tokens (for a model that fine-tunes CLIP's tail)."""
+    ``with_tokens`` also serves the cached CLIP tokens (for a model that fine-tunes CLIP's tail),
+    ``with_text`` the captions' CLIP embeddings."""
     spec = StoreSpec(Path(params.store.dir), params.store.shard_size, [e["id"] for e in manifest["images"]],
                      expected(params), params.store.max_open_shards)
-    features = CachedFeatures(spec, with_tokens)
+    features = CachedFeatures(spec, with_tokens, with_text)
     features.validate()
     return features
 
@@ -166,3 +171,10 @@ def split_indices(manifest: dict[str, Any], split: str, features: CachedFeatures
     if not indices:
         raise ValueError(f"the manifest has no usable {split!r} images")
     return indices[:limit] if limit else indices
+
+
+def text_encoder(params: Params, device: torch.device) -> TextEncoder:
+    """The pipeline's frozen CLIP text tower (CLIPScore, CLIP re-ranking, the SCST reward; the
+    images' side is cached)."""
+    clip = load_clip(params.clip, device)
+    return lambda texts: encode_texts(clip, texts, params.clip.batch_size)

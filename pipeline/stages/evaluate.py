@@ -3,20 +3,17 @@ CLIPScore / RefCLIPScore and (on the demo world) the ground-truth judge into res
 captions and per-image scores into results/captions.json."""
 import random
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
 
 from eval.clipscore import clip_scores
 from eval.metrics import cider, coco_scores, spice_unavailable_reason
 from eval.world_truth import world_scores
-from features.clip import encode_texts, load_clip
 from features.store import check_provenance
 from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
-from pipeline.stages.common import load_manifest, open_features, split_indices, start, write_json
+from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder, write_json
 from pipeline.stages.train import OUT
 from train.data import Images
 from train.decode import caption_images
@@ -41,15 +38,15 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path) -> tuple[di
     images = manifest["images"]
     indices = split_indices(manifest, params.evaluate.split, features)
     device = device_of(params.store.device)
+    encode = text_encoder(params, device)
     captions = caption_images(model, Images(features, indices), params.evaluate.decode, params.evaluate.batch_size,
-                              device)
+                              device, encode)
     ids = [images[i]["id"] for i in indices]
     references = {images[i]["id"]: images[i]["captions"] for i in indices}
     candidates = dict(zip(ids, captions))
     scores, per_image = coco_scores(references, candidates)
     embeddings = np.stack(features.readers["clip_image"].rows(indices, "embeddings")).astype(np.float32)
-    clip_corpus, clip_per_image = clip_scores(embeddings, captions, [references[i] for i in ids],
-                                              text_encoder(params, device))
+    clip_corpus, clip_per_image = clip_scores(embeddings, captions, [references[i] for i in ids], encode)
     scores.update(clip_corpus)
     per_image.update({name: dict(zip(ids, values.tolist())) for name, values in clip_per_image.items()})
     truth = {images[i]["id"]: images[i].get("extra", {}) for i in indices}
@@ -63,12 +60,6 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path) -> tuple[di
         metrics["SPICE_unavailable"] = reason
     return metrics, [{"id": i, "caption": candidates[i], "references": references[i],
                       "scores": {name: values[i] for name, values in per_image.items()}} for i in ids]
-
-
-def text_encoder(params: Params, device: torch.device) -> Callable[[list[str]], np.ndarray]:
-    """The pipeline's CLIP text tower, for CLIPScore (the images' side is cached)."""
-    clip = load_clip(params.clip, device)
-    return lambda texts: encode_texts(clip, texts, params.clip.batch_size)
 
 
 def print_table(metrics: dict) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from eval.report import ReportItem, explain, write_report
 from pipeline.datasets import image_paths
 from pipeline.runtime import device_of
-from pipeline.stages.common import load_manifest, open_features, split_indices, start
+from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder
 from pipeline.stages.train import OUT
 from train.data import Images, collate
 from train.decode import METHODS, decode
@@ -27,7 +27,11 @@ def main() -> None:
     dataset = Images(features, indices)
     batch = {k: v.to(device) for k, v in collate(dataset.__getitems__(list(range(len(indices))))).items()}
     explanations = explain(model, batch, config["scene_words"], config["object_words"], params.report.top_keywords)
-    captions = {m: decode(model, batch, dataclasses.replace(params.evaluate.decode, method=m)) for m in METHODS}
+    rerank = params.evaluate.decode.rerank  # CLIP re-ranking picks among beams: not for greedy
+    encode = text_encoder(params, device) if rerank == "clip" else None
+    captions = {m: decode(model, batch, dataclasses.replace(params.evaluate.decode, method=m,
+                                                            rerank=rerank if m != "greedy" else "none"), encode)
+                for m in METHODS}
     evaluated = {r["id"]: r for r in json.loads(Path("results/captions.json").read_text())}
     boxes, counts = (features.readers["regions"].rows(indices, name) for name in ("boxes", "counts"))
     keywords = features.readers["region_keywords"].rows(indices, "ids")

@@ -13,16 +13,17 @@ import torch
 import train as train_package
 from eval.metrics import cider
 from features.clip import ClipTail, load_clip, tail_spec
+from features.keywords import selectable_keywords
 from features.store import read_bank
 from pipeline.params import Params
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of
-from pipeline.stages.common import load_manifest, open_features, split_indices, start, write_json
-from train.data import CaptionPairs, Images
+from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder, write_json
+from train.data import CaptionPairs, Images, labelled_split
 from train.decode import DecodeConfig, caption_images
 from train.distributed import World, process_group
 from train.model import Captioner, FeatureDims, load_gpt2
-from train.trainer import seed_everything, train
+from train.trainer import Unlabelled, seed_everything, train
 
 OUT = Path("models/captioner")
 CHECKPOINT = Path("models/checkpoint.pt")  # the last epoch's full training state, for resuming
@@ -46,20 +47,27 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
     bank_file = Path(params.store.dir) / "keywords.h5"
     scene_words, scene_bank = read_bank(bank_file, "scene", keyword_bank(params))
     object_words, object_bank = read_bank(bank_file, "object", keyword_bank(params))
+    keyword_words, keywords = selectable_keywords(params.keywords, (scene_words, scene_bank), (object_words, object_bank))
     images = manifest["images"]
-    train_idx = split_indices(manifest, "train", features)
+    train_idx, unlabelled_idx = labelled_split(split_indices(manifest, "train", features),
+                                               params.train.labelled_fraction, params.train.seed)
     first = features.image(train_idx[0])
-    dims = FeatureDims(clip=len(first["clip"]), region=first["features"].shape[1],
-                       scene_bank=len(scene_words), object_bank=len(object_words))
+    dims = FeatureDims(clip=len(first["clip"]), region=first["features"].shape[1], scene_bank=len(scene_words),
+                       object_bank=len(object_words), keyword_bank=len(keyword_words))
     seed_everything(params.train.seed)
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
-    extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words}
+    extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words,
+             "keyword_words": keyword_words, "labelled_images": len(train_idx)}
     tail = None
     if params.model.finetune_clip:  # the captioner's own copy of CLIP's last blocks, from the extractor's weights
         clip = load_clip(params.clip, torch.device("cpu"))
         tail, extra["clip_tail"] = copy.deepcopy(ClipTail(clip.model.visual)), tail_spec(clip)
     model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank),
-                      tail)
+                      tail, torch.from_numpy(keywords))
+    unlabelled = None
+    if params.train.scst_epochs:  # stage 2: these images' captions are not even opened
+        without_captions = open_features(params, manifest, params.model.finetune_clip, with_text=False)
+        unlabelled = Unlabelled(Images(without_captions, unlabelled_idx), text_encoder(params, device))
 
     train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
                              params.train.max_tokens)
@@ -76,7 +84,7 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
     fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
                                              code], sort_keys=True).encode()).hexdigest()
     return train(model, train_set, params.train, out, live_dir, scorer, "CIDEr_greedy", device, extra,
-                 checkpoint=checkpoint, fingerprint=fingerprint, world=world)
+                 checkpoint=checkpoint, fingerprint=fingerprint, world=world, unlabelled=unlabelled)
 
 
 if __name__ == "__main__":
