@@ -37,7 +37,8 @@ def main() -> None:
     torch.set_num_threads(2)
     params, manifest = load_params(Path("params.yaml")), load_manifest()
     model, _ = load_captioner(OUT)
-    features = open_features(params, manifest, with_tokens=model.clip_tail is not None)
+    features = open_features(params, manifest, with_tokens=model.clip_tail is not None,
+                             with_region_clip=model.cfg.reads_region_clip)
     indices = split_indices(manifest, params.evaluate.split, features, args.images)
     dataset = Images(features, indices)
     images = manifest["images"]

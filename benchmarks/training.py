@@ -54,7 +54,9 @@ def item(clip: np.ndarray, regions: np.ndarray, neighbors: np.ndarray, weights: 
     count = len(regions)
     return {"clip": clip, "features": regions, "neighbors": neighbors[:count], "weights": weights[:count],
             "keyword_ids": np.ones((count, 1), np.int64), "keyword_scores": np.ones((count, 1), np.float32),
-            "text": clip, "index": 0, "tokens": tokens}
+            "text": clip, "index": 0, "tokens": tokens,
+            "boxes": np.tile(np.array([[10, 20, 110, 220]], np.float32), (count, 1)),
+            "image_size": np.array([480, 640], np.float32)}
 
 
 def step_times(batch_size: int) -> tuple[float, float, float, float]:

@@ -21,28 +21,47 @@ class Variant:
     model: dict[str, Any] = field(default_factory=dict)  # model.* keys it sets
     train: dict[str, Any] = field(default_factory=dict)  # train.* keys it sets
     decode: dict[str, Any] = field(default_factory=dict)  # evaluate.decode.* keys it sets
+    knn: dict[str, Any] = field(default_factory=dict)  # knn.* keys it sets (its cell computes its own graphs)
     labelled_only: bool = False  # trains on ablation.labelled_fraction of the images' captions
     scst: bool = False  # ... then ablation.scst_epochs of SCST with a CLIP reward on the rest
 
 
-_PLAIN = {"regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
-_SWITCHES = {name: {"gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
+# every row states the region handling it uses, so rows stay what their label says whatever the
+# main model in params.yaml uses
+_PAPER = {"prefix_regions": "mean", "box_embedding": False, "edge_geometry": False}
+_PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
+_SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
     ("gat_local", True, False, True), ("gat_msg", True, True, True))}
+_FEATURE_KNN = {"metric": "cosine"}  # the paper's graphs
+_TOKENS = {**_SWITCHES["gat_msg"], "prefix_regions": "tokens", "region_order": "position"}
+_GEOMETRY = {**_TOKENS, "box_embedding": True, "edge_geometry": True}
 VARIANTS: dict[str, Variant] = {
     "clip_prefix": Variant("CLIP-prefix (ClipCap: CLIP → MLP → GPT-2)", _PLAIN),
     "keyword_only": Variant("Keyword-only (top-k CLIP keywords → GPT-2, CLIP re-ranking)",
                             {**_PLAIN, "condition": "keywords"}, decode={"rerank": "clip"}),
     "text_only": Variant("Text-only training (CapDec: noisy caption embeddings)", {**_PLAIN, "normalize_clip": True},
                          {"mode": "text_only"}),
-    "labelled_subset": Variant("Full model, labelled subset only (stage 1 alone)", labelled_only=True),
-    "semi_supervised": Variant("Semi-supervised: labelled subset, then SCST with CLIP reward", labelled_only=True,
-                               scst=True),
-    "baseline": Variant("Baseline: CLIP + regions + GPT-2", _SWITCHES["baseline"]),
-    "gat": Variant("+ GAT-LFE", _SWITCHES["gat"]),
-    "gat_global": Variant("+ GAT-LFE + global guidance", _SWITCHES["gat_global"]),
-    "gat_local": Variant("+ GAT-LFE + local guidance", _SWITCHES["gat_local"]),
-    "gat_msg": Variant("+ GAT-LFE + MSG (full model)", _SWITCHES["gat_msg"]),
+    "labelled_subset": Variant("Full model, labelled subset only (stage 1 alone)", _SWITCHES["gat_msg"],
+                               labelled_only=True, knn=_FEATURE_KNN),
+    "semi_supervised": Variant("Semi-supervised: labelled subset, then SCST with CLIP reward", _SWITCHES["gat_msg"],
+                               labelled_only=True, scst=True, knn=_FEATURE_KNN),
+    **{name: Variant(label, _SWITCHES[name], knn=_FEATURE_KNN) for name, label in (
+        ("baseline", "Baseline: CLIP + regions + GPT-2"), ("gat", "+ GAT-LFE"),
+        ("gat_global", "+ GAT-LFE + global guidance"), ("gat_local", "+ GAT-LFE + local guidance"),
+        ("gat_msg", "+ GAT-LFE + MSG (full model)"))},
+    # beyond the paper (issue: local detail): region tokens, box geometry, the KNN metric
+    "tokens": Variant("Full model + region tokens", _TOKENS, knn=_FEATURE_KNN),
+    "tokens_geometry": Variant("Full model + region tokens + box geometry", _GEOMETRY, knn=_FEATURE_KNN),
+    "tokens_geometry_no_gat": Variant("Region tokens + box embedding, no GAT",
+                                      {**_GEOMETRY, "gat": False, "edge_geometry": False}, knn=_FEATURE_KNN),
+    "tokens_geometry_no_msg": Variant("Region tokens + box geometry, no MSG",
+                                      {**_GEOMETRY, "global_guidance": False, "local_guidance": False},
+                                      knn=_FEATURE_KNN),
+    "tokens_geometry_knn_center": Variant("Region tokens + box geometry, KNN by box centres", _GEOMETRY,
+                                          knn={"metric": "center"}),
+    "tokens_geometry_knn_both": Variant("Region tokens + box geometry, KNN by features and centres", _GEOMETRY,
+                                        knn={"metric": "both"}),
 }
 
 # columns of the table: (metrics.json key, header)

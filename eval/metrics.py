@@ -74,6 +74,25 @@ def cider(references: dict[str, list[str]], candidates: dict[str, str]) -> float
     return float(Cider().compute_score(gts, res)[0])
 
 
+def human_cider(references: dict[str, list[str]]) -> float:
+    """The usual "human" CIDEr: each reference scored against the other references of its image
+    (leave-one-out) and averaged over references — what a human-written caption scores, a ceiling
+    to read a model's CIDEr against (slightly low: it is scored against one reference fewer).
+
+    Fold k holds out reference k of every image and is one :func:`cider` call, so the IDF comes
+    from the remaining references as when a model is scored. With unequal reference counts the
+    folds run over the smallest count (extra references stay references in every fold). NaN,
+    with a warning, when some image has fewer than two references.
+    """
+    n = min(len(captions) for captions in references.values())
+    if n < 2:
+        log.warning("human CIDEr needs at least two references per image; some image has %d", n)
+        return float("nan")
+    folds = [cider({i: captions[:k] + captions[k + 1:] for i, captions in references.items()},
+                   {i: captions[k] for i, captions in references.items()}) for k in range(n)]
+    return sum(folds) / n
+
+
 def ptb_tokenize(captions: dict[str, list[str]]) -> dict[str, list[str]]:
     """pycocoevalcap's tokenization (Stanford PTBTokenizer, lower-cased, punctuation tokens
     dropped), with the same jar and output, but its temporary file in the system's temp folder:

@@ -1,18 +1,21 @@
 """The visual report: one static HTML page (and a PNG per image) showing, for a sample of test
 images, what the captioner saw and said — detected boxes, the KNN graph, GAT attention per node,
 the top global (scene) keywords, the gated local keywords, the caption of each decoding, the
-references and per-image scores. Self-contained: no script, font or style from the network.
+references and per-image scores; on the demo world it opens with the error analysis of the whole
+split (eval/error_analysis.py). Self-contained: no script, font or style from the network.
 """
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from eval.error_analysis import html_tables
 from train.model import Captioner
 
 
@@ -58,7 +61,7 @@ def explain(model: Captioner, batch: dict[str, torch.Tensor], scene_words: list[
     offsets = np.cumsum([0] + counts[:-1])
     alpha_src = alpha_dst = alpha = None
     if model.gat is not None:
-        _, attention = model.gat(batch["x"], batch["edge_index"], batch["edge_weight"], return_attention=True)
+        _, attention = model.enhanced_regions(batch, return_attention=True)
         (alpha_src, alpha_dst), alpha = attention[-1][0].tolist(), attention[-1][1].mean(dim=1).tolist()
     out = []
     for b, (n, first) in enumerate(zip(counts, offsets)):
@@ -127,15 +130,28 @@ def _section(item: ReportItem, picture: str) -> str:
 STYLE = """body{font-family:sans-serif;margin:2em;background:#fafafa}
 section{display:flex;gap:1.5em;margin-bottom:2em;padding:1em;background:#fff;border:1px solid #ddd}
 section h2{position:absolute;margin-top:-1.4em;font-size:1em;color:#666}
-img{flex:none}td.caption{font-size:1.1em}th{text-align:left;padding-right:1em;color:#555}"""
+img{flex:none}td.caption{font-size:1.1em}th{text-align:left;padding-right:1em;color:#555}
+#error-analysis{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start;margin-bottom:2em}
+#error-analysis h2{flex-basis:100%;margin:0}#error-analysis caption{text-align:left;font-weight:bold}
+#error-analysis td{text-align:right;padding:0 .4em}#error-analysis td.right{background:#dff0d8}"""
 
 # filled in by the browser once every picture has decoded: what the headless-browser test reads
 CHECK = """<script>window.addEventListener('load',()=>{const i=[...document.images];
 document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>"""
 
 
-def write_report(items: list[ReportItem], folder: Path, px: int, title: str) -> Path:
-    """folder/index.html plus folder/images/<id>.png; returns the page."""
+def _error_analysis(analysis: Mapping[str, Any] | None) -> str:
+    """The error analysis block (a div: sections are the images), or nothing without one."""
+    if analysis is None:
+        return ""
+    return f"""<div id="error-analysis"><h2>Caption errors against the ground truth (whole split)</h2>
+{html_tables(analysis)}</div>"""
+
+
+def write_report(items: list[ReportItem], folder: Path, px: int, title: str,
+                 analysis: Mapping[str, Any] | None = None) -> Path:
+    """folder/index.html plus folder/images/<id>.png; returns the page. ``analysis``: what
+    :func:`eval.error_analysis.analyse` returned, shown before the images."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     sections = []
     for item in items:
@@ -147,6 +163,6 @@ def write_report(items: list[ReportItem], folder: Path, px: int, title: str) -> 
 <style>{STYLE}</style>{CHECK}</head><body><h1>{html.escape(title)}</h1>
 <p>Boxes: detected regions (label = first local keyword). Cyan lines: KNN graph edges, width ∝ last-layer GAT
 attention. Red dots: attention each region receives.</p>
-{''.join(sections)}</body></html>
+{_error_analysis(analysis)}{''.join(sections)}</body></html>
 """, encoding="utf-8")
     return page

@@ -2,7 +2,9 @@
 
 Distances: ``cosine`` — d(i, j) = 1 - cos(f_i, f_j) on L2-normalised region features (the
 paper's equations); ``center`` — Euclidean distance of box centres divided by the image
-diagonal (the paper's "spatial proximity" reading). Edge weight e_ij = exp(-d² / (2σ²)).
+diagonal (the paper's "spatial proximity" reading); ``both`` — the K nearest by features and
+the K nearest by centres side by side (2K slots; a pair found by both becomes one edge, with
+its feature weight). Edge weight e_ij = exp(-d² / (2σ²)).
 Each node keeps its K nearest other nodes among the image's real regions; padding rows are
 never neighbours. Stored graphs are directed K-NN lists; symmetrising (i ~ j if either picks
 the other) happens when they are turned into edges for the GAT.
@@ -13,7 +15,7 @@ on a GPU when the installed FAISS has one).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ class KnnConfig:
     """Every key is documented in params.yaml (section ``knn``)."""
 
     k: int = 5
-    metric: str = "cosine"  # cosine | center
+    metric: str = "cosine"  # cosine | center | both
     sigma: float = 1.0
     backend: str = "torch"  # torch | faiss
     batch_images: int = 4096
@@ -35,7 +37,7 @@ class KnnConfig:
 
 
 VERSION = 1  # bump when a change here changes the graphs produced (recorded in provenance)
-METRICS = ("cosine", "center")
+METRICS = ("cosine", "center", "both")
 BACKENDS = ("torch", "faiss")
 
 
@@ -117,11 +119,15 @@ def knn_graphs(features: np.ndarray, boxes: np.ndarray, counts: np.ndarray, size
     """Directed K-NN lists for a batch of images.
 
     features (n, N, D), boxes (n, N, 4), counts (n,), sizes (n, 2) as (height, width) →
-    neighbors (n, N, K) int32 with -1 where a node has fewer than K neighbours,
+    neighbors (n, N, K) int32 with -1 where a node has fewer than K neighbours (2K for ``both``),
     weights (n, N, K) float32 Gaussian edge weights (0 where there is no neighbour).
     """
     if cfg.backend not in BACKENDS:
         raise ValueError(f"knn.backend: unknown backend {cfg.backend!r}; known: {BACKENDS}")
+    if cfg.metric == "both":
+        by_features = knn_graphs(features, boxes, counts, sizes, replace(cfg, metric="cosine"))
+        by_centres = knn_graphs(features, boxes, counts, sizes, replace(cfg, metric="center"))
+        return tuple(np.concatenate(pair, axis=-1) for pair in zip(by_features, by_centres))  # (n, N, 2K)
     points = _points(features, boxes, sizes, cfg.metric)
     search = _knn_torch if cfg.backend == "torch" else _knn_faiss
     neighbors, distances = search(points, counts, cfg)

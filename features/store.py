@@ -24,6 +24,8 @@ clip_text   ``embeddings`` (m, d) float16 over all captions of the shard, ``offs
             int64 — captions of image j are rows offsets[j]:offsets[j+1]
 region_     ``ids`` (n, N_max, k) int32 — object-bank keyword ids per region (-1 = none),
 keywords    ``scores`` (n, N_max, k) float16 — region score (labels) or cosine (retrieval)
+region_clip ``embeddings`` (n, N_max, d) float16 — CLIP image embedding of each region's crop
+            (not normalised; zeros past ``counts``)
 ==========  =====================================================================================
 
 Every kind also stores ``image_ids`` (n,) as UTF-8 strings, checked against the manifest, and
@@ -53,7 +55,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords")
+KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords", "region_clip")
 _STRING = h5py.string_dtype("utf-8")
 
 
@@ -181,6 +183,7 @@ REQUIRED = {
     "knn": ("neighbors", "weights"),
     "clip_text": ("embeddings", "offsets"),
     "region_keywords": ("ids", "scores"),
+    "region_clip": ("embeddings",),
 }
 
 

@@ -68,7 +68,8 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
             for_each_shard(scratch, manifest, kind, records[kind], factory(scratch, manifest, device))
         spec = StoreSpec(Path(tmp), params.store.shard_size, [e["id"] for e in entries], records,
                          params.store.max_open_shards)
-        features = CachedFeatures(spec, with_tokens=model.clip_tail is not None, with_text=False)
+        features = CachedFeatures(spec, with_tokens=model.clip_tail is not None, with_text=False,
+                                  with_region_clip=model.cfg.reads_region_clip)
         errors: dict[str, str] = {}
         for reader in features.readers.values():  # the first stage to reject a file says why
             for reject in reader.rejects():

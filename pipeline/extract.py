@@ -102,7 +102,25 @@ def region_keywords(params: Params, manifest: Manifest, device: torch.device) ->
     return compute
 
 
+def region_clip(params: Params, manifest: Manifest, device: torch.device) -> Compute:
+    """CLIP image embeddings of every stored region's crop (what the box head forgets, such as
+    colour, CLIP keeps)."""
+    clip, record = load_clip(params.clip, device), expected(params)["regions"]
+
+    def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        upstream, errors = read_upstream(params, "regions", shard, record, entries, ("boxes", "counts"))
+        crops, crop_errors = encode_region_crops(clip, image_paths(manifest, entries), upstream["boxes"],
+                                                 upstream["counts"], params.store.num_workers)
+        errors.update(crop_errors)
+        crops[np.arange(crops.shape[1])[None, :] >= upstream["counts"][:, None]] = 0  # padding: zeros, not NaN
+        progress(len(entries))
+        return {"embeddings": crops.astype(np.float16)}, errors
+
+    return compute
+
+
 # kind → factory, in dependency order: what `caption` runs for a new image (clip_text is of captions)
 IMAGE_FEATURES: dict[str, Callable[[Params, Manifest, torch.device], Compute]] = {
     "clip_image": clip_image, "regions": regions, "knn": knn, "region_keywords": region_keywords,
+    "region_clip": region_clip,
 }

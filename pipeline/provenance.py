@@ -19,6 +19,7 @@ def expected(p: Params) -> dict[str, dict[str, Any]]:
         "clip_text": {**p.clip.identity(), "prepare": asdict(p.prepare)},
         "region_keywords": {**regions, **keyword_bank(p),
                             "keywords.local": {"source": p.keywords.local_source, "k": p.keywords.retrieval_k}},
+        "region_clip": {**regions, **p.clip.identity()},
     }
     assert set(records) == set(KINDS)
     return records

@@ -1,12 +1,14 @@
 """The ablation registry and table: variants switch only their modules; mean ± std over seeds."""
 import dataclasses
+import json
+import math
 
 import pytest
 
 from eval.ablation import VARIANTS, markdown, summarize, to_csv, variant
 from pipeline.params import load_params
 from pipeline.stages.ablation import variant_params
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_project
 
 
 def test_variants_change_only_switches_and_schedule():
@@ -14,12 +16,17 @@ def test_variants_change_only_switches_and_schedule():
     for name in VARIANTS:
         p = variant_params(params, name, seed=7)
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
-        assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition"}
+        assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition",
+                           "prefix_regions", "region_order", "box_embedding", "edge_geometry"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (
             params.train.lr, params.evaluate.split, params.evaluate.decode.method)
-    assert not any(variant("baseline").model.values()) and all(variant("gat_msg").model.values())
+    modules = ("gat", "global_guidance", "local_guidance")
+    assert not any(variant("baseline").model[m] for m in modules) and all(variant("gat_msg").model[m] for m in modules)
+    for name in ("baseline", "gat_msg"):  # the paper's rows keep the paper's regions whatever params.yaml says
+        paper = variant_params(params, name, 0)
+        assert (paper.model.prefix_regions, paper.model.box_embedding, paper.knn.metric) == ("mean", False, "cosine")
     assert variant_params(params, "text_only", 0).train.mode == "text_only"
     assert not variant_params(params, "clip_prefix", 0).model.regions
     keywords = variant_params(params, "keyword_only", 0)
@@ -43,3 +50,25 @@ def test_table_has_mean_and_sample_std_over_seeds():
     assert table[2] == "| Baseline: CLIP + regions + GPT-2 | 2 | 0.500 ± 0.000 | 2.000 ± 1.414 |"
     assert table[3].endswith("| – | 2.000 ± 0.000 |")  # a metric a row lacks is a dash, not a zero
     assert to_csv(rows).splitlines()[1].startswith("baseline,Baseline: CLIP + regions + GPT-2,2,0.500000,0.000000")
+
+
+def test_cells_of_related_captioners_and_other_graphs_run_through_the_stage(tmp_path):
+    """keyword_only (re-ranked by the pipeline's CLIP), semi_supervised (its SCST reward from the same
+    text tower) and a cell with other KNN graphs than the store's (computed into its own store
+    folder, the shared graphs untouched), each trained and evaluated by the real ablation stage."""
+    from pipeline.stages import ablation, clip_image, clip_text, knn, prepare, region_keywords, regions, world
+
+    project = tiny_project(tmp_path, (world, prepare, clip_image, regions, clip_text, knn, region_keywords),
+                           n_train=8, train={"batch_size": 4, "val_images": 2},
+                           ablation={"phase1_epochs": 1, "phase2_epochs": 1, "labelled_fraction": 0.25,
+                                     "scst_epochs": 1})
+    shared_graphs = {p: p.read_bytes() for p in (project / "data/features/knn").glob("*.h5")}
+    for variant_name in ("keyword_only", "semi_supervised", "tokens_geometry_knn_center"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(project)
+            patch.setattr("sys.argv", ["ablation", variant_name, "0"])
+            ablation.main()
+        metrics = json.loads((project / f"results/ablations/{variant_name}-0.json").read_text())
+        assert metrics["variant"] == variant_name and metrics["n_images"] == 2 and math.isfinite(metrics["CIDEr"])
+    assert {p: p.read_bytes() for p in (project / "data/features/knn").glob("*.h5")} == shared_graphs
+    assert not any((project / "models/ablations").iterdir())  # each cell cleans up after itself

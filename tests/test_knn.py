@@ -50,3 +50,14 @@ def test_unknown_metric_and_backend_are_named():
         knn_graphs(features, boxes, counts, sizes, KnnConfig(metric="l3"))
     with pytest.raises(ValueError, match="knn.backend"):
         knn_graphs(features, boxes, counts, sizes, KnnConfig(backend="annoy"))
+
+
+def test_both_metrics_side_by_side():
+    features, boxes, counts, sizes = _random_regions()
+    both, weights = knn_graphs(features, boxes, counts, sizes, KnnConfig(k=3, metric="both"))
+    by_features, wf = knn_graphs(features, boxes, counts, sizes, KnnConfig(k=3, metric="cosine"))
+    by_centres, wc = knn_graphs(features, boxes, counts, sizes, KnnConfig(k=3, metric="center"))
+    assert both.shape == (len(counts), 12, 6)
+    np.testing.assert_array_equal(both, np.concatenate([by_features, by_centres], axis=-1))
+    np.testing.assert_array_equal(weights, np.concatenate([wf, wc], axis=-1))
+    assert not np.array_equal(by_features, by_centres)  # the two graphs really differ

@@ -25,12 +25,19 @@ def _items(n=3, seed=0, tokenizer=None):
             "keyword_scores": rng.uniform(size=(count, 2)).astype(np.float32),
             "neighbors": neighbors.astype(np.int32), "weights": np.full(neighbors.shape, 0.5, np.float32),
             "text": rng.normal(size=D_CLIP).astype(np.float32), "index": i,
+            "boxes": random_boxes(rng, count), "image_size": np.array([128, 128], np.float32),
         }
         if tokenizer is not None:
             item["tokens"] = tokenizer("a red circle on the beach", add_special_tokens=False).input_ids + [
                 tokenizer.eos_token_id]
         items.append(item)
     return items
+
+
+def random_boxes(rng: np.random.Generator, count: int, side: int = 128) -> np.ndarray:
+    """(count, 4) boxes (x0, y0, x1, y1) inside a ``side`` × ``side`` image."""
+    corner = rng.uniform(0, side * 0.6, size=(count, 2))
+    return np.concatenate([corner, corner + rng.uniform(8, side * 0.4, size=(count, 2))], axis=1).astype(np.float32)
 
 
 def _model(tiny_language, **overrides) -> Captioner:

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from tests.conftest import ROOT
+from tests.test_model import random_boxes
 from train.data import collate
 from train.decode import DecodeConfig, decode
 from train.losses import LossConfig, total_loss
@@ -29,6 +30,7 @@ def test_paper_size_step_and_decode():
             "neighbors": neighbors, "weights": np.full((count, 5), 0.5, np.float32),
             "keyword_ids": rng.integers(-1, 91, size=(count, 1)), "keyword_scores": np.ones((count, 1), np.float32),
             "text": rng.normal(size=512).astype(np.float32), "index": 0,
+            "boxes": random_boxes(rng, count, 640), "image_size": np.array([480, 640], np.float32),
             "tokens": tokenizer("a red circle on the beach", add_special_tokens=False).input_ids + [tokenizer.eos_token_id],
         })
     batch = collate(items, pad_id=tokenizer.pad_token_id)

@@ -1,14 +1,10 @@
 """The related captioners over the same cache: keyword-only generation (with CLIP re-ranking of
 the final beams) and the two-stage semi-supervised captioner (SCST with a CLIP reward)."""
-import json
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_project
 from tests.test_model import D_CLIP, D_REGION, OBJECTS, SCENES, _items, _model, changed_by_one_step
 from train.data import collate, labelled_split
 from train.decode import DecodeConfig, decode, search, texts_of
@@ -153,21 +149,3 @@ def test_stage_two_follows_stage_one_and_yields_the_model(tiny_language, tmp_pat
     with pytest.raises(ValueError, match="train.labelled_fraction: 0.0 is not in"):
         check_mode(model, TrainConfig(labelled_fraction=0.0))
 
-
-def test_related_variants_run_through_the_ablation_stage(tmp_path):
-    """keyword_only (re-ranked by the pipeline's CLIP) and semi_supervised (its SCST reward from the
-    same text tower), each trained and evaluated by the real ablation stage on a tiny store."""
-    from pipeline.stages import ablation, clip_image, clip_text, knn, prepare, region_keywords, regions, world
-
-    project = tiny_project(tmp_path, (world, prepare, clip_image, regions, clip_text, knn, region_keywords),
-                           n_train=8, train={"batch_size": 4, "val_images": 2},
-                           ablation={"phase1_epochs": 1, "phase2_epochs": 1, "labelled_fraction": 0.25,
-                                     "scst_epochs": 1})
-    for variant in ("keyword_only", "semi_supervised"):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.chdir(project)
-            patch.setattr("sys.argv", ["ablation", variant, "0"])
-            ablation.main()
-        metrics = json.loads((project / f"results/ablations/{variant}-0.json").read_text())
-        assert metrics["variant"] == variant and metrics["n_images"] == 2 and math.isfinite(metrics["CIDEr"])
-    assert not (project / "models/ablations").exists() or not any((project / "models/ablations").iterdir())

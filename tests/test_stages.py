@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from features.store import StoreError, shard_path
-from pipeline.stages import clip_image, clip_text, knn, prepare, region_keywords, regions, world
+from pipeline.stages import clip_image, clip_text, knn, prepare, region_clip, region_keywords, regions, world
 from tests.conftest import ROOT, tiny_project
 
 
@@ -80,7 +80,8 @@ def test_bad_images_are_rejected_with_reason_and_never_served(project):
     clip_image.main()
     regions.main()
     knn.main()
-    for kind in ("clip_image", "regions", "knn"):
+    region_clip.main()
+    for kind in ("clip_image", "regions", "knn", "region_clip"):
         (reject,) = json.loads((project / f"data/features/{kind}/rejects.json").read_text())
         assert reject["id"] == "5" and "000005.png" in reject["reason"]
     path = shard_path(project / "data/features", "clip_image", 1)

@@ -8,14 +8,14 @@ import yaml
 
 from features.store import shard_path
 from pipeline import verify
-from pipeline.stages import clip_image, clip_text, knn, prepare, region_keywords, regions, world
+from pipeline.stages import clip_image, clip_text, knn, prepare, region_clip, region_keywords, regions, world
 from tests.conftest import tiny_project
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """All feature kinds of a 10-image world in shards of 4, made once."""
-    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords)
+    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip)
     return tiny_project(tmp_path_factory.mktemp("verify"), stages)
 
 

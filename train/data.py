@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from features.store import FeatureReader
+from train.regions import box_geometry
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,15 @@ class StoreSpec:
 class CachedFeatures:
     """Everything the model needs about one image, read from the store by manifest index."""
 
-    KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords")
+    KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords", "region_clip")
 
-    def __init__(self, spec: StoreSpec, with_tokens: bool = False, with_text: bool = True):
+    def __init__(self, spec: StoreSpec, with_tokens: bool = False, with_text: bool = True,
+                 with_region_clip: bool = False):
         self.with_tokens = with_tokens  # also the cached ViT tokens (for fine-tuning CLIP's last blocks)
-        kinds = self.KINDS if with_text else tuple(k for k in self.KINDS if k != "clip_text")  # new images: no captions
+        left_out = {"clip_text"} if not with_text else set()  # new images have no captions
+        if not with_region_clip:  # only models that read the regions' CLIP embeddings need them
+            left_out.add("region_clip")
+        kinds = tuple(k for k in self.KINDS if k not in left_out)
         self.readers = {kind: FeatureReader(spec.dir, kind, spec.shard_size, len(spec.image_ids),
                                             spec.expected.get(kind, {}), spec.max_open_shards) for kind in kinds}
 
@@ -61,11 +66,13 @@ class CachedFeatures:
 
         counts = [int(c) for c in rows("regions", "counts")]
         per_region = {  # padded to the store's max regions: cut to each image's count
-            "features": rows("regions", "features"),
+            "features": rows("regions", "features"), "boxes": rows("regions", "boxes"),
             "keyword_ids": rows("region_keywords", "ids"), "keyword_scores": rows("region_keywords", "scores"),
             "neighbors": rows("knn", "neighbors"), "weights": rows("knn", "weights"),
         }
-        per_image = {"clip": rows("clip_image", "embeddings")}
+        if "region_clip" in self.readers:
+            per_region["region_clip"] = rows("region_clip", "embeddings")
+        per_image = {"clip": rows("clip_image", "embeddings"), "image_size": rows("regions", "image_sizes")}
         if "clip_text" in self.readers:
             per_image["caption_text"] = self.readers["clip_text"].captions(indices)
         if self.with_tokens:
@@ -175,7 +182,9 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
         keyword_scores[b, :counts[b]] = torch.from_numpy(it["keyword_scores"])
     batch = {
         "clip": torch.from_numpy(np.stack([it["clip"] for it in items])),
-        "x": torch.from_numpy(np.concatenate([it["features"] for it in items])),
+        "x": torch.from_numpy(np.concatenate([it["features"] for it in items])),  # (V, D)
+        "geometry": box_geometry(torch.from_numpy(np.concatenate([it["boxes"] for it in items])),
+                                 torch.from_numpy(np.repeat(np.stack([it["image_size"] for it in items]), counts, axis=0))),
         "node_batch": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
         "edge_index": torch.from_numpy(np.concatenate([e + o for e, o in zip(edges, offsets)], axis=1)),
         "edge_weight": torch.from_numpy(np.concatenate(edge_weights)),
@@ -184,6 +193,8 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
     }
     if "text" in items[0]:  # the captions' CLIP embeddings (L_align); absent for new images
         batch["text"] = torch.from_numpy(np.stack([it["text"] for it in items]))
+    if "region_clip" in items[0]:  # the regions' crops through CLIP (model.region_features clip | both)
+        batch["region_clip"] = torch.from_numpy(np.concatenate([it["region_clip"] for it in items]))  # (V, d)
     if "clip_tokens" in items[0]:
         batch["clip_tokens"] = torch.from_numpy(np.stack([it["clip_tokens"] for it in items]))  # (B, L, width)
     if "tokens" in items[0]:

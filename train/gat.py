@@ -13,21 +13,19 @@ from torch_geometric.nn import GATConv
 class GATEncoder(nn.Module):
     """Stacked GATConv layers with ELU after each (eq. 9: V'_i = ELU(Σ_j â_ij W V_j))."""
 
-    def __init__(self, in_dim: int, hidden: int, heads: int, layers: int, dropout: float, edge_weights: bool):
+    def __init__(self, in_dim: int, hidden: int, heads: int, layers: int, dropout: float, edge_dim: int):
+        """``edge_dim``: width of the edge attributes (the Gaussian weight, relative box geometry); 0 for none."""
         super().__init__()
-        self.edge_weights = edge_weights
         dims = [in_dim] + [hidden * heads] * layers
         self.convs = nn.ModuleList(
-            GATConv(d_in, hidden, heads=heads, dropout=dropout, edge_dim=1 if edge_weights else None,
-                    add_self_loops=True)
+            GATConv(d_in, hidden, heads=heads, dropout=dropout, edge_dim=edge_dim or None, add_self_loops=True)
             for d_in in dims[:-1]
         )
         self.out_dim = hidden * heads
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor,
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor | None,
                 return_attention: bool = False) -> tuple[torch.Tensor, list]:
-        """x (V, D) node features, edge_index (2, E), edge_weight (E,) → (V, hidden*heads)."""
-        edge_attr = edge_weight[:, None] if self.edge_weights else None
+        """x (V, D) node features, edge_index (2, E), edge_attr (E, edge_dim) or None → (V, hidden*heads)."""
         attention = []
         for conv in self.convs:
             if return_attention:

@@ -21,6 +21,7 @@ from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
+from train.regions import GEOMETRY, RegionTokens, edge_geometry
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,17 @@ class ModelConfig:
     global_guidance: bool = True
     local_guidance: bool = True
     local_pooling: str = "score"  # score | uniform: how region keywords are weighted into f_local_text
+    region_features: str = "detector"  # detector (the paper) | clip (each crop's CLIP embedding) | both (side by side)
+    prefix_regions: str = "mean"  # mean (the paper: pooled into f_fused only) | tokens (+ one prefix token per region)
+    region_tokens: int = 10  # tokens: regions given their own token (the rest are left out)
+    region_order: str = "score"  # tokens: score (the detector's order) | position (left to right, then top down)
+    box_embedding: bool = False  # add an embedding of each region's normalised box to its feature
+    edge_geometry: bool = False  # relative box geometry as GAT edge attributes (beside the edge weight)
+
+    @property
+    def reads_region_clip(self) -> bool:
+        """Whether the model needs the store's region_clip kind."""
+        return self.regions and self.region_features != "detector"
     prefix_length: int = 10
     mapping: str = "mlp"  # mlp | transformer (ClipCap's two mappers)
     mapping_hidden: int = 0  # mlp: hidden width, 0 = ClipCap's (prefix_length * h) // 2
@@ -54,7 +66,7 @@ class FeatureDims:
     """Shapes the model takes from the store."""
 
     clip: int  # d: CLIP embedding width
-    region: int  # D: region feature width
+    region: int  # D: region feature width (of model.region_features)
     scene_bank: int  # S: global keywords
     object_bank: int  # C: object keywords (label ids)
     keyword_bank: int = 0  # K: keywords selectable by model.condition keywords
@@ -70,6 +82,8 @@ class Prefix:
 
 
 CONDITIONS = ("image", "keywords")
+PREFIX_REGIONS = ("mean", "tokens")
+REGION_FEATURES = ("detector", "clip", "both")
 
 
 class Captioner(nn.Module):
@@ -86,8 +100,11 @@ class Captioner(nn.Module):
         if cfg.gat and not cfg.regions:
             raise ValueError("model.gat needs model.regions (the GAT runs over the regions)")
         _check_condition(cfg, dims)
+        _check_regions(cfg)
+        self.box_embedding = nn.Linear(GEOMETRY, dims.region) if cfg.box_embedding else None
+        edge_dim = cfg.gat_edge_weights + 4 * cfg.edge_geometry
         self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
-                               cfg.gat_edge_weights) if cfg.gat else None)
+                               edge_dim) if cfg.gat else None)
         region_out = self.gat.out_dim if self.gat else dims.region
         self.fuse = nn.Linear(d + region_out, d) if cfg.regions else None  # eq. 10: W_fused
         # banks left out (None) are zeros until load_state_dict fills them from a saved folder
@@ -110,6 +127,9 @@ class Captioner(nn.Module):
                                              gpt2.config.n_head)
         else:
             raise ValueError(f"model.mapping: unknown {cfg.mapping!r}; known: {MAPPERS}")
+        # built last, so a seed gives the other modules the same initial weights with or without it
+        self.region_tokens = (RegionTokens(region_out, h, cfg.region_tokens, cfg.region_order)
+                              if cfg.prefix_regions == "tokens" else None)
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
         if self.cfg.condition == "keywords":
@@ -117,7 +137,11 @@ class Captioner(nn.Module):
         clip = self.clip_tail(batch["clip_tokens"]) if self.clip_tail is not None else batch["clip"]  # (B, d)
         if self.cfg.normalize_clip:
             clip = F.normalize(clip, dim=-1)
-        fused = self.fuse(torch.cat([clip, self.pooled_regions(batch, clip.shape[0])], dim=-1)) if self.fuse is not None else clip
+        fused, regions = clip, None
+        if self.fuse is not None:
+            regions, _ = self.enhanced_regions(batch)  # (V, ·)
+            pooled = scatter(regions, batch["node_batch"], dim=0, dim_size=clip.shape[0], reduce="mean")
+            fused = self.fuse(torch.cat([clip, pooled], dim=-1))  # eq. 10
         parts, gate, scene_attention = [fused], None, None
         if self.global_guidance is not None:
             guide, scene_attention = self.global_guidance(fused)
@@ -129,6 +153,9 @@ class Captioner(nn.Module):
             guide, gate = self.local_guidance(fused, local_text)
             parts.append(guide)
         embeddings = self.mapping(torch.cat(parts, dim=-1))  # (B, L_p, h)
+        if self.region_tokens is not None:  # the paper's prefix, then one token per region
+            tokens = self.region_tokens(regions, batch["node_batch"], batch["geometry"], clip.shape[0])
+            embeddings = torch.cat([embeddings, tokens], dim=1)  # (B, L_p + slots, h)
         return Prefix(embeddings, fused, gate, scene_attention)
 
     def keyword_prefix(self, clip: torch.Tensor) -> Prefix:
@@ -140,12 +167,23 @@ class Captioner(nn.Module):
         chosen = self.keyword_bank[ids]  # (B, k, d)
         return Prefix(self.mapping(chosen.flatten(1)), None, None, None, ids)
 
-    def pooled_regions(self, batch: dict[str, torch.Tensor], n_images: int) -> torch.Tensor:
-        """The (GAT-enhanced) regions of each image, mean-pooled (eq. 10's region term): (B, ·)."""
-        x = batch["x"]  # (V, D) all regions of the batch
-        if self.gat is not None:
-            x, _ = self.gat(x, batch["edge_index"], batch["edge_weight"])  # (V, hidden*heads)
-        return scatter(x, batch["node_batch"], dim=0, dim_size=n_images, reduce="mean")
+    def enhanced_regions(self, batch: dict[str, torch.Tensor],
+                         return_attention: bool = False) -> tuple[torch.Tensor, list]:
+        """Every region of the batch, with its box embedded when asked and through the GAT when
+        on: (V, ·), and the GAT's attention per layer when ``return_attention``."""
+        x = {"detector": lambda: batch["x"], "clip": lambda: batch["region_clip"],  # (V, D) all regions of the batch
+             "both": lambda: torch.cat([batch["x"], batch["region_clip"]], dim=-1)}[self.cfg.region_features]()
+        if self.box_embedding is not None:
+            x = x + self.box_embedding(batch["geometry"])
+        if self.gat is None:
+            return x, []
+        attributes = []
+        if self.cfg.gat_edge_weights:
+            attributes.append(batch["edge_weight"][:, None])
+        if self.cfg.edge_geometry:
+            attributes.append(edge_geometry(batch["geometry"], batch["edge_index"]))
+        edge_attr = torch.cat(attributes, dim=-1) if attributes else None  # (E, edge_dim)
+        return self.gat(x, batch["edge_index"], edge_attr, return_attention)  # (V, hidden*heads)
 
     def caption_logits(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: prefix (B, L_p, h), tokens/mask (B, T) → logits for the tokens (B, T, V)."""
@@ -172,6 +210,20 @@ class Captioner(nn.Module):
             folder.rename(old)
         tmp.rename(folder)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_regions(cfg: ModelConfig) -> None:
+    if cfg.region_features not in REGION_FEATURES:
+        raise ValueError(f"model.region_features: unknown {cfg.region_features!r}; known: {REGION_FEATURES}")
+    if cfg.prefix_regions not in PREFIX_REGIONS:
+        raise ValueError(f"model.prefix_regions: unknown {cfg.prefix_regions!r}; known: {PREFIX_REGIONS}")
+    uses_regions = cfg.prefix_regions == "tokens" or cfg.box_embedding or cfg.edge_geometry
+    if uses_regions and not cfg.regions:
+        raise ValueError("model.prefix_regions tokens, box_embedding and edge_geometry need model.regions")
+    if cfg.edge_geometry and not cfg.gat:
+        raise ValueError("model.edge_geometry needs model.gat (the geometry is an attribute of the GAT's edges)")
+    if cfg.prefix_regions == "tokens" and cfg.region_tokens < 1:
+        raise ValueError(f"model.region_tokens: {cfg.region_tokens} (need at least 1)")
 
 
 def _check_condition(cfg: ModelConfig, dims: FeatureDims) -> None:

@@ -9,9 +9,13 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import torch
+
 from eval.ablation import variant
+from pipeline import extract
 from pipeline.params import Params
-from pipeline.stages.common import load_manifest, start, write_json
+from pipeline.provenance import expected
+from pipeline.stages.common import for_each_shard, load_manifest, start, write_json
 from pipeline.stages.evaluate import evaluate_captioner
 from pipeline.stages.train import train_captioner
 
@@ -29,8 +33,24 @@ def variant_params(params: Params, name: str, seed: int) -> Params:
     train = dataclasses.replace(params.train, **row.train, **semi, seed=seed, phase1_epochs=schedule.phase1_epochs,
                                 phase2_epochs=schedule.phase2_epochs)
     decode = dataclasses.replace(params.evaluate.decode, **row.decode)
-    return dataclasses.replace(params, model=model, train=train,
+    return dataclasses.replace(params, model=model, train=train, knn=dataclasses.replace(params.knn, **row.knn),
                                evaluate=dataclasses.replace(params.evaluate, decode=decode))
+
+
+def with_own_graphs(params: Params, cell: Params, manifest: dict, work: Path) -> Params:
+    """A variant with other KNN graphs than the store's gets them in a store folder of its own
+    (``work``/store: its graphs computed there, every other kind linked from the shared store),
+    so cells of different metrics can run side by side."""
+    if cell.knn == params.knn:
+        return cell
+    store = work / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    for entry in Path(params.store.dir).resolve().iterdir():
+        if entry.name != "knn" and not (store / entry.name).exists():
+            (store / entry.name).symlink_to(entry)
+    cell = dataclasses.replace(cell, store=dataclasses.replace(cell.store, dir=str(store)))
+    for_each_shard(cell, manifest, "knn", expected(cell)["knn"], extract.knn(cell, manifest, torch.device("cpu")))
+    return cell
 
 
 def main() -> None:
@@ -38,10 +58,10 @@ def main() -> None:
     parser.add_argument("variant")
     parser.add_argument("seed", type=int)
     args = parser.parse_args()
-    params = variant_params(start(), args.variant, args.seed)
-    manifest = load_manifest()
+    params, manifest = start(), load_manifest()
     name = f"{args.variant}-{args.seed}"
     work = WORK / name
+    params = with_own_graphs(params, variant_params(params, args.variant, args.seed), manifest, work)
     train_captioner(params, manifest, work / "model", work / "live", work / "checkpoint.pt")
     metrics, _ = evaluate_captioner(params, manifest, work / "model")
     write_json(RESULTS / f"{name}.json", {**metrics, "variant": args.variant, "seed": args.seed})

@@ -154,13 +154,13 @@ def _summarize_rejects(store: Path, kind: str, n_shards: int) -> None:
 
 
 def open_features(params: Params, manifest: dict[str, Any], with_tokens: bool = False,
-                  with_text: bool = True) -> CachedFeatures:
+                  with_text: bool = True, with_region_clip: bool = False) -> CachedFeatures:
     """The store, validated against the current parameters before any training or decoding;
     ``with_tokens`` also serves the cached CLIP tokens (for a model that fine-tunes CLIP's tail),
-    ``with_text`` the captions' CLIP embeddings."""
+    ``with_text`` the captions' CLIP embeddings, ``with_region_clip`` the region crops'."""
     spec = StoreSpec(Path(params.store.dir), params.store.shard_size, [e["id"] for e in manifest["images"]],
                      expected(params), params.store.max_open_shards)
-    features = CachedFeatures(spec, with_tokens, with_text)
+    features = CachedFeatures(spec, with_tokens, with_text, with_region_clip)
     features.validate()
     return features
 

@@ -1,40 +1,52 @@
 """Stage `evaluate`: decode the test split with the trained captioner; pycocoevalcap metrics,
-CLIPScore / RefCLIPScore and (on the demo world) the ground-truth judge into results/metrics.json,
-captions and per-image scores into results/captions.json."""
+the references' own leave-one-out CIDEr, CLIPScore / RefCLIPScore and (on the demo world) the
+ground-truth judge into results/metrics.json, captions and per-image scores into
+results/captions.json, and (on the demo world) the error analysis — confusions and detector vs
+captioner blame — into results/error_analysis.json."""
 import random
 from pathlib import Path
 
 import numpy as np
 
 from eval.clipscore import clip_scores
-from eval.metrics import cider, coco_scores, spice_unavailable_reason
+from eval.error_analysis import Detections, analyse
+from eval.metrics import cider, coco_scores, human_cider, spice_unavailable_reason
 from eval.world_truth import world_scores
+from features.regions import load_class_names
 from features.store import check_provenance
 from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
 from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder, write_json
 from pipeline.stages.train import OUT
-from train.data import Images
+from train.data import CachedFeatures, Images
 from train.decode import caption_images
 from train.model import load_captioner
+
+ERROR_ANALYSIS = Path("results/error_analysis.json")
 
 
 def main() -> None:
     params = start()
-    metrics, records = evaluate_captioner(params, load_manifest(), OUT)
+    metrics, records = evaluate_captioner(params, load_manifest(), OUT, ERROR_ANALYSIS)
+    # a property of the data set, not of the model: here, not in every ablation cell
+    metrics["CIDEr_human"] = human_cider({r["id"]: r["references"] for r in records})
     write_json(Path("results/metrics.json"), metrics)
     write_json(Path("results/captions.json"), records)
     print_table(metrics)
 
 
-def evaluate_captioner(params: Params, manifest: dict, folder: Path) -> tuple[dict, list[dict]]:
+def evaluate_captioner(params: Params, manifest: dict, folder: Path,
+                       analysis_out: Path | None = None) -> tuple[dict, list[dict]]:
     """Decode ``evaluate.split`` with the model in ``folder`` and score it. Returns the metrics
-    and, per image, the caption, references and per-image scores."""
+    and, per image, the caption, references and per-image scores. With ``analysis_out``, also
+    writes the error analysis there (a stub saying why where there is no ground truth, so the
+    stage's output always exists) and adds its summary to the metrics as ``world/...``."""
     model, config = load_captioner(folder)
     for kind, record in expected(params).items():  # the model must have been trained on these features
         check_provenance(folder / "config.json", config["features"][kind], record)
-    features = open_features(params, manifest, with_tokens=model.clip_tail is not None)
+    features = open_features(params, manifest, with_tokens=model.clip_tail is not None,
+                             with_region_clip=model.cfg.reads_region_clip)
     images = manifest["images"]
     indices = split_indices(manifest, params.evaluate.split, features)
     device = device_of(params.store.device)
@@ -50,8 +62,14 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path) -> tuple[di
     scores.update(clip_corpus)
     per_image.update({name: dict(zip(ids, values.tolist())) for name, values in clip_per_image.items()})
     truth = {images[i]["id"]: images[i].get("extra", {}) for i in indices}
-    if all("objects" in t for t in truth.values()):  # the demo world: judge captions against what is shown
+    world = all("objects" in t for t in truth.values())  # the demo world: judge captions against what is shown
+    if world:
         scores.update(world_scores(candidates, truth)[0])
+    if analysis_out is not None:
+        analysis = (analyse(candidates, truth, dict(zip(ids, detections(params, features, indices)))) if world
+                    else {"unavailable": "no ground-truth objects in the manifest (the demo world has them)"})
+        write_json(analysis_out, analysis)
+        scores.update({f"world/{name}": value for name, value in analysis.get("summary", {}).items()})
     shuffled = random.Random(0).sample(captions, len(captions))  # chance: captions of other images
     metrics = {**scores, "CIDEr_shuffled_captions": cider(references, dict(zip(ids, shuffled))),
                "n_images": len(ids), "split": params.evaluate.split, "decode": params.evaluate.decode.method}
@@ -60,6 +78,15 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path) -> tuple[di
         metrics["SPICE_unavailable"] = reason
     return metrics, [{"id": i, "caption": candidates[i], "references": references[i],
                       "scores": {name: values[i] for name, values in per_image.items()}} for i in ids]
+
+
+def detections(params: Params, features: CachedFeatures, indices: list[int]) -> list[Detections]:
+    """The regions the captioner was given, per image: boxes (n, 4) in pixels and class names."""
+    names = load_class_names(params.regions.classes)
+    regions = features.readers["regions"]
+    boxes, labels, counts = (regions.rows(indices, name) for name in ("boxes", "labels", "counts"))
+    return [(b[:int(n)], [names[k] for k in label_ids[:int(n)].tolist()])
+            for b, label_ids, n in zip(boxes, labels, counts)]
 
 
 def print_table(metrics: dict) -> None:

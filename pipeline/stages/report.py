@@ -1,5 +1,6 @@
 """Stage `report`: results/report/index.html (+ PNGs) for the first `report.n_images` images of
-the evaluation split — see eval/report.py for what it shows."""
+the evaluation split, with the evaluate stage's error analysis where it made one — see
+eval/report.py for what it shows."""
 import dataclasses
 import json
 from pathlib import Path
@@ -8,6 +9,7 @@ from eval.report import ReportItem, explain, write_report
 from pipeline.datasets import image_paths
 from pipeline.runtime import device_of
 from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder
+from pipeline.stages.evaluate import ERROR_ANALYSIS
 from pipeline.stages.train import OUT
 from train.data import Images, collate
 from train.decode import METHODS, decode
@@ -22,7 +24,8 @@ def main() -> None:
     model, config = load_captioner(OUT)
     device = device_of(params.store.device)
     model.to(device)
-    features = open_features(params, manifest, with_tokens=model.clip_tail is not None)
+    features = open_features(params, manifest, with_tokens=model.clip_tail is not None,
+                             with_region_clip=model.cfg.reads_region_clip)
     indices = split_indices(manifest, params.evaluate.split, features, params.report.n_images)
     dataset = Images(features, indices)
     batch = {k: v.to(device) for k, v in collate(dataset.__getitems__(list(range(len(indices))))).items()}
@@ -44,8 +47,10 @@ def main() -> None:
         items.append(ReportItem(entry["id"], path, boxes[k][:n].astype(float), labels, explanations[k],
                                 {m: captions[m][k] for m in METHODS}, entry["captions"],
                                 {f"{name} ({scored})": value for name, value in scores.items()}))
+    analysis = json.loads(ERROR_ANALYSIS.read_text()) if ERROR_ANALYSIS.exists() else {}
     page = write_report(items, FOLDER, params.report.image_px, f"graphcap report: {len(items)} "
-                        f"{params.evaluate.split} images")
+                        f"{params.evaluate.split} images",
+                        analysis if "confusion" in analysis else None)  # not the stub of a data set without truth
     print(f"report: {page.resolve().as_uri()}")
 
 

@@ -43,7 +43,8 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
     """Train on the store's train split as ``params`` say; the best epoch by greedy validation
     CIDEr goes to ``out``. Returns its validation scores."""
     device = device_of(params.store.device)
-    features = open_features(params, manifest, params.model.finetune_clip)
+    features = open_features(params, manifest, params.model.finetune_clip,
+                             with_region_clip=params.model.reads_region_clip)
     bank_file = Path(params.store.dir) / "keywords.h5"
     scene_words, scene_bank = read_bank(bank_file, "scene", keyword_bank(params))
     object_words, object_bank = read_bank(bank_file, "object", keyword_bank(params))
@@ -52,7 +53,10 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
     train_idx, unlabelled_idx = labelled_split(split_indices(manifest, "train", features),
                                                params.train.labelled_fraction, params.train.seed)
     first = features.image(train_idx[0])
-    dims = FeatureDims(clip=len(first["clip"]), region=first["features"].shape[1], scene_bank=len(scene_words),
+    region_inputs = {"clip": ["region_clip"], "both": ["features", "region_clip"]}.get(params.model.region_features,
+                                                                                     ["features"])
+    dims = FeatureDims(clip=len(first["clip"]), region=sum(first[k].shape[1] for k in region_inputs),
+                       scene_bank=len(scene_words),
                        object_bank=len(object_words), keyword_bank=len(keyword_words))
     seed_everything(params.train.seed)
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
@@ -66,7 +70,8 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
                       tail, torch.from_numpy(keywords))
     unlabelled = None
     if params.train.scst_epochs:  # stage 2: these images' captions are not even opened
-        without_captions = open_features(params, manifest, params.model.finetune_clip, with_text=False)
+        without_captions = open_features(params, manifest, params.model.finetune_clip, with_text=False,
+                                         with_region_clip=params.model.reads_region_clip)
         unlabelled = Unlabelled(Images(without_captions, unlabelled_idx), text_encoder(params, device))
 
     train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,

@@ -1,0 +1,110 @@
+"""Box geometry and per-region prefix tokens (beyond the paper's mean-pooled regions)."""
+import numpy as np
+import pytest
+import torch
+
+from tests.test_model import _items, _model, changed_by_one_step
+from train.data import collate
+from train.regions import box_geometry, edge_geometry, region_slots
+
+
+def test_box_geometry_is_relative_to_the_image():
+    boxes = torch.tensor([[0.0, 0.0, 64.0, 32.0], [96.0, 48.0, 128.0, 64.0]])
+    sizes = torch.tensor([[64.0, 128.0], [64.0, 128.0]])  # (height, width)
+    expected = [[0.25, 0.25, 0.5, 0.5, 0.25], [0.875, 0.875, 0.25, 0.25, 0.0625]]
+    torch.testing.assert_close(box_geometry(boxes, sizes), torch.tensor(expected))
+    edges = torch.tensor([[0, 1], [1, 0]])  # 0 → 1 and 1 → 0
+    relative = edge_geometry(box_geometry(boxes, sizes), edges)
+    torch.testing.assert_close(relative[0], -relative[1])  # what 0 sees of 1 is the reverse of what 1 sees of 0
+    torch.testing.assert_close(relative[0, :2], torch.tensor([-0.625, -0.625]))
+
+
+def test_region_slots_order_by_score_or_position_and_cap():
+    node_batch = torch.tensor([0, 0, 0, 1, 2, 2])
+    geometry = torch.zeros(6, 5)
+    geometry[:, 0] = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.2, 0.2])  # centre x
+    geometry[:, 1] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.8, 0.1])  # centre y: node 5 is above node 4
+    assert region_slots(node_batch, geometry, 3, 2, "score").tolist() == [[0, 1], [3, -1], [4, 5]]
+    assert region_slots(node_batch, geometry, 3, 3, "position").tolist() == [[1, 2, 0], [3, -1, -1], [5, 4, -1]]
+    with pytest.raises(ValueError, match="model.region_order: unknown 'size'"):
+        region_slots(node_batch, geometry, 3, 2, "size")
+
+
+def test_region_tokens_follow_the_paper_prefix_and_fill_empty_slots(tiny_language):
+    model = _model(tiny_language, prefix_regions="tokens", region_tokens=5, region_order="position").eval()
+    batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)  # 4, 1, 7 regions
+    embeddings = model.prefix(batch).embeddings
+    assert embeddings.shape == (3, 3 + 5, model.gpt2.config.n_embd)
+    empty = model.region_tokens.empty
+    assert [int((embeddings[b, 3:] == empty).all(dim=-1).sum()) for b in range(3)] == [1, 4, 0]
+    paper = _model(tiny_language).eval()  # the same weights before the tokens: the paper's prefix is unchanged
+    torch.testing.assert_close(embeddings[:, :3], paper.prefix(batch).embeddings)
+
+
+def _moved(batch: dict, node: int, dx: float) -> dict:
+    geometry = batch["geometry"].clone()
+    geometry[node, 0] += dx
+    return {**batch, "geometry": geometry}
+
+
+def test_positions_reach_the_prefix_only_through_geometry_switches(tiny_language):
+    batch = collate(_items(n=3), pad_id=0)
+    plain = _model(tiny_language).eval()
+    torch.testing.assert_close(plain.prefix(_moved(batch, 0, 0.2)).embeddings, plain.prefix(batch).embeddings)
+    for switches in ({"box_embedding": True}, {"edge_geometry": True}):
+        model = _model(tiny_language, **switches).eval()
+        assert not torch.allclose(model.prefix(_moved(batch, 0, 0.2)).embeddings, model.prefix(batch).embeddings)
+
+
+def test_geometry_and_token_parameters_train(tiny_language):
+    model = _model(tiny_language, prefix_regions="tokens", box_embedding=True, edge_geometry=True)
+    batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    changed = changed_by_one_step(model.train(), batch)
+    assert {"box_embedding.weight", "region_tokens.empty", "region_tokens.project.0.weight"} <= changed
+    assert any(n.startswith("gat.convs.0.lin_edge") for n in changed)  # the edge attributes reach the GAT
+
+
+@pytest.mark.parametrize("switches, message", [
+    ({"prefix_regions": "grid"}, "model.prefix_regions: unknown 'grid'"),
+    ({"regions": False, "gat": False, "box_embedding": True}, "need model.regions"),
+    ({"gat": False, "edge_geometry": True}, "model.edge_geometry needs model.gat"),
+    ({"prefix_regions": "tokens", "region_tokens": 0}, "model.region_tokens: 0"),
+])
+def test_bad_region_switches_are_refused(tiny_language, switches, message):
+    with pytest.raises(ValueError, match=message):
+        _model(tiny_language, **switches)
+
+
+def test_store_boxes_reach_the_batch(tmp_path):
+    """collate turns each item's pixel boxes and image size into the (V, 5) geometry."""
+    items = _items(n=2)
+    batch = collate(items, pad_id=0)
+    boxes = np.concatenate([it["boxes"] for it in items])
+    assert batch["geometry"].shape == (len(boxes), 5)
+    torch.testing.assert_close(batch["geometry"][:, 2], torch.from_numpy((boxes[:, 2] - boxes[:, 0]) / 128))
+
+
+def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language):
+    from tests.test_model import D_CLIP, D_REGION, OBJECTS, SCENES
+    from train.model import Captioner, FeatureDims, ModelConfig, load_gpt2
+
+    rng = np.random.default_rng(0)
+    items = _items(n=3)
+    for item in items:
+        item["region_clip"] = rng.normal(size=(len(item["features"]), 12)).astype(np.float32)
+    batch = collate(items, pad_id=0)
+    assert batch["region_clip"].shape == (len(batch["x"]), 12)
+    gpt2, tokenizer = load_gpt2(str(tiny_language))
+    for choice, width in (("clip", 12), ("both", D_REGION + 12)):
+        cfg = ModelConfig(gpt2=str(tiny_language), gat_hidden=8, gat_heads=2, prefix_length=3, region_features=choice)
+        dims = FeatureDims(clip=D_CLIP, region=width, scene_bank=SCENES, object_bank=OBJECTS)
+        model = Captioner(cfg, dims, gpt2, tokenizer, torch.randn(SCENES, D_CLIP), torch.randn(OBJECTS, D_CLIP)).eval()
+        assert cfg.reads_region_clip
+        prefix = model.prefix(batch).embeddings
+        no_detector = {**batch, "x": torch.full_like(batch["x"], float("nan"))}
+        assert torch.isfinite(model.prefix(no_detector).embeddings).all() == (choice == "clip")
+        other_crops = {**batch, "region_clip": batch["region_clip"] + 1}
+        assert not torch.allclose(model.prefix(other_crops).embeddings, prefix)
+    assert not ModelConfig().reads_region_clip
+    with pytest.raises(ValueError, match="model.region_features: unknown 'pixels'"):
+        _model(tiny_language, region_features="pixels")

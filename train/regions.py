@@ -1,0 +1,76 @@
+"""Beyond the paper: where each region is, and each region as its own prefix token.
+
+The paper's region features carry no position and are mean-pooled into one vector (eq. 10),
+which loses which attribute belongs to which object and every relation ("left of", "above").
+Three optional pieces put that back:
+
+- :func:`box_geometry`: each region's normalised box (centre x, centre y, width, height, area),
+  which :class:`Captioner` embeds and adds to the node feature before the GAT;
+- :func:`edge_geometry`: relative box geometry of each GAT edge (dx, dy, log width and height
+  ratios), as edge attributes beside the Gaussian weight;
+- :class:`RegionTokens`: each (GAT-enhanced) region mapped to one GPT-2 prefix token, in a
+  deterministic order (detector score, or position left to right), capped at a number of slots;
+  empty slots hold a learned "no region" embedding, so every prefix has the same length and
+  needs no attention mask.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GEOMETRY = 5  # cx, cy, w, h, area — all as fractions of the image
+ORDERS = ("score", "position")
+
+
+def box_geometry(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
+    """boxes (V, 4) in pixels (x0, y0, x1, y1), image_size (V, 2) as (height, width) of each
+    region's image → (V, 5): centre x, centre y, width, height, area, each relative to the image."""
+    height, width = image_size[:, 0].float(), image_size[:, 1].float()
+    w, h = (boxes[:, 2] - boxes[:, 0]) / width, (boxes[:, 3] - boxes[:, 1]) / height
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2 / width, (boxes[:, 1] + boxes[:, 3]) / 2 / height
+    return torch.stack([cx, cy, w, h, w * h], dim=-1)
+
+
+def edge_geometry(geometry: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    """Per edge (source j → target i): (cx_j - cx_i, cy_j - cy_i, log w_j/w_i, log h_j/h_i): (E, 4)."""
+    src, dst = geometry[edge_index[0]], geometry[edge_index[1]]
+    size_ratio = torch.log(src[:, 2:4].clamp_min(1e-4) / dst[:, 2:4].clamp_min(1e-4))
+    return torch.cat([src[:, :2] - dst[:, :2], size_ratio], dim=-1)
+
+
+def region_slots(node_batch: torch.Tensor, geometry: torch.Tensor, n_images: int, slots: int,
+                 order: str) -> torch.Tensor:
+    """Which node fills each prefix slot: (B, slots) node indices, -1 for an empty slot.
+    ``score``: the store's order (the detector's, best first); ``position``: left to right by
+    box centre, then top to bottom. Images keep their first ``slots`` regions in that order."""
+    if order not in ORDERS:
+        raise ValueError(f"model.region_order: unknown {order!r}; known: {ORDERS}")
+    n = len(node_batch)
+    within = torch.arange(n, device=node_batch.device, dtype=torch.float)  # store order
+    if order == "position":
+        within = geometry[:, 0] * 1e3 + geometry[:, 1]  # x first; y breaks ties
+    within_rank = torch.empty(n, dtype=torch.long, device=node_batch.device)
+    sorted_nodes = torch.argsort(within, stable=True)
+    sorted_nodes = sorted_nodes[torch.argsort(node_batch[sorted_nodes], stable=True)]  # grouped by image
+    first = torch.searchsorted(node_batch[sorted_nodes], torch.arange(n_images, device=node_batch.device))
+    within_rank[sorted_nodes] = torch.arange(n, device=node_batch.device) - first[node_batch[sorted_nodes]]
+    table = torch.full((n_images, slots), -1, dtype=torch.long, device=node_batch.device)
+    keep = within_rank < slots
+    table[node_batch[keep], within_rank[keep]] = torch.arange(n, device=node_batch.device)[keep]
+    return table
+
+
+class RegionTokens(nn.Module):
+    """Regions (V, D) → prefix tokens (B, slots, h): a two-layer projection per region."""
+
+    def __init__(self, region_dim: int, h: int, slots: int, order: str):
+        super().__init__()
+        self.slots, self.order = slots, order
+        self.project = nn.Sequential(nn.Linear(region_dim, h), nn.Tanh(), nn.Linear(h, h))
+        self.empty = nn.Parameter(torch.zeros(h))  # "no region here"
+
+    def forward(self, regions: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor,
+                n_images: int) -> torch.Tensor:
+        table = region_slots(node_batch, geometry, n_images, self.slots, self.order)  # (B, slots)
+        tokens = self.project(regions)[table.clamp_min(0)]  # (B, slots, h)
+        return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens))
