@@ -28,7 +28,7 @@ class Variant:
 
 # every row states the region handling it uses, so rows stay what their label says whatever the
 # main model in params.yaml uses
-_PAPER = {"prefix_regions": "mean", "box_embedding": False, "edge_geometry": False}
+_PAPER = {"region_features": "detector", "prefix_regions": "mean", "box_embedding": False, "edge_geometry": False}
 _PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
 _SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
@@ -58,6 +58,8 @@ VARIANTS: dict[str, Variant] = {
     "tokens_geometry_no_msg": Variant("Region tokens + box geometry, no MSG",
                                       {**_GEOMETRY, "global_guidance": False, "local_guidance": False},
                                       knn=_FEATURE_KNN),
+    "tokens_geometry_clip_regions": Variant("Region tokens + box geometry, CLIP crop + detector region features",
+                                            {**_GEOMETRY, "region_features": "both"}, knn=_FEATURE_KNN),
     "tokens_geometry_knn_center": Variant("Region tokens + box geometry, KNN by box centres", _GEOMETRY,
                                           knn={"metric": "center"}),
     "tokens_geometry_knn_both": Variant("Region tokens + box geometry, KNN by features and centres", _GEOMETRY,

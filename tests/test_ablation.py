@@ -17,7 +17,7 @@ def test_variants_change_only_switches_and_schedule():
         p = variant_params(params, name, seed=7)
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
         assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition",
-                           "prefix_regions", "region_order", "box_embedding", "edge_geometry"}
+                           "prefix_regions", "region_order", "box_embedding", "edge_geometry", "region_features"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (

@@ -108,3 +108,12 @@ def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language
     assert not ModelConfig().reads_region_clip
     with pytest.raises(ValueError, match="model.region_features: unknown 'pixels'"):
         _model(tiny_language, region_features="pixels")
+
+
+def test_prefix_and_caption_must_fit_gpt2_s_positions(tiny_language):
+    from train.trainer import TrainConfig, check_mode
+
+    model = _model(tiny_language, prefix_regions="tokens", region_tokens=30)  # the tiny GPT-2 has 64 positions
+    check_mode(model, TrainConfig(max_tokens=31))
+    with pytest.raises(ValueError, match="model.prefix_length \\+ model.region_tokens \\+ train.max_tokens = 65"):
+        check_mode(model, TrainConfig(max_tokens=32))
