@@ -28,14 +28,17 @@ class Variant:
 
 # every row states the region handling it uses, so rows stay what their label says whatever the
 # main model in params.yaml uses
-_PAPER = {"region_features": "detector", "prefix_regions": "mean", "box_embedding": False, "edge_geometry": False}
+_PAPER = {"region_features": "detector", "prefix_regions": "mean", "region_token_skip": False, "box_embedding": False,
+          "edge_geometry": False}
 _PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
 _SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
     ("gat_local", True, False, True), ("gat_msg", True, True, True))}
 _FEATURE_KNN = {"metric": "cosine"}  # the paper's graphs
-_TOKENS = {**_SWITCHES["gat_msg"], "prefix_regions": "tokens", "region_order": "position"}
-_GEOMETRY = {**_TOKENS, "box_embedding": True, "edge_geometry": True}
+# beyond the paper (issue: local detail): each region its own prefix token (with its own feature
+# beside the GAT's), box geometry and CLIP-crop features; the rows below take one piece away each
+_LOCAL = {**_SWITCHES["gat_msg"], "prefix_regions": "tokens", "region_order": "position", "region_token_skip": True,
+          "box_embedding": True, "edge_geometry": True, "region_features": "both"}
 VARIANTS: dict[str, Variant] = {
     "clip_prefix": Variant("CLIP-prefix (ClipCap: CLIP → MLP → GPT-2)", _PLAIN),
     "keyword_only": Variant("Keyword-only (top-k CLIP keywords → GPT-2, CLIP re-ranking)",
@@ -50,26 +53,26 @@ VARIANTS: dict[str, Variant] = {
         ("baseline", "Baseline: CLIP + regions + GPT-2"), ("gat", "+ GAT-LFE"),
         ("gat_global", "+ GAT-LFE + global guidance"), ("gat_local", "+ GAT-LFE + local guidance"),
         ("gat_msg", "+ GAT-LFE + MSG (full model)"))},
-    # beyond the paper (issue: local detail): region tokens, box geometry, the KNN metric
-    "tokens": Variant("Full model + region tokens", _TOKENS, knn=_FEATURE_KNN),
-    "tokens_geometry": Variant("Full model + region tokens + box geometry", _GEOMETRY, knn=_FEATURE_KNN),
-    "tokens_geometry_no_gat": Variant("Region tokens + box embedding, no GAT",
-                                      {**_GEOMETRY, "gat": False, "edge_geometry": False}, knn=_FEATURE_KNN),
-    "tokens_geometry_no_msg": Variant("Region tokens + box geometry, no MSG",
-                                      {**_GEOMETRY, "global_guidance": False, "local_guidance": False},
-                                      knn=_FEATURE_KNN),
-    "tokens_geometry_clip_regions": Variant("Region tokens + box geometry, CLIP crop + detector region features",
-                                            {**_GEOMETRY, "region_features": "both"}, knn=_FEATURE_KNN),
-    "tokens_geometry_knn_center": Variant("Region tokens + box geometry, KNN by box centres", _GEOMETRY,
-                                          knn={"metric": "center"}),
-    "tokens_geometry_knn_both": Variant("Region tokens + box geometry, KNN by features and centres", _GEOMETRY,
-                                        knn={"metric": "both"}),
+    "local_detail": Variant("Local detail: region tokens + box geometry + CLIP-crop features", _LOCAL, knn=_FEATURE_KNN),
+    **{name: Variant(label, {**_LOCAL, **switches}, knn=knn) for name, label, switches, knn in (
+        ("local_detail_mean", "Local detail, regions mean-pooled (no tokens)", {"prefix_regions": "mean"}, _FEATURE_KNN),
+        ("local_detail_no_skip", "Local detail, tokens from the GAT output alone", {"region_token_skip": False},
+         _FEATURE_KNN),
+        ("local_detail_no_gat", "Local detail, no GAT", {"gat": False, "edge_geometry": False}, _FEATURE_KNN),
+        ("local_detail_no_msg", "Local detail, no MSG", {"global_guidance": False, "local_guidance": False},
+         _FEATURE_KNN),
+        ("local_detail_no_geometry", "Local detail, no box geometry", {"box_embedding": False, "edge_geometry": False},
+         _FEATURE_KNN),
+        ("local_detail_detector_only", "Local detail, detector region features only", {"region_features": "detector"},
+         _FEATURE_KNN),
+        ("local_detail_knn_center", "Local detail, KNN by box centres", {}, {"metric": "center"}),
+        ("local_detail_knn_both", "Local detail, KNN by features and centres", {}, {"metric": "both"}))},
 }
 
 # columns of the table: (metrics.json key, header)
 COLUMNS = (("BLEU-4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE-L", "ROUGE-L"), ("CIDEr", "CIDEr"),
            ("CLIPScore", "CLIPScore"), ("world/object_precision", "object P"), ("world/object_recall", "object R"),
-           ("world/relation_accuracy", "relation acc"))
+           ("world/relation_accuracy", "relation acc"), ("world/relation_ranking", "relation rank"))
 
 
 @dataclass(frozen=True)

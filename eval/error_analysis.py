@@ -29,15 +29,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eval.world_truth import Mention, read_caption, truth_objects
-from pipeline.world import COLORS, SHAPES, SIZES, WorldObject, relation
+from pipeline.world import COLORS, RELATIONS, SHAPES, SIZES, WorldObject, relation
 
 # boxes (n, 4) as x0, y0, x1, y1 in pixels, and the class name of each box
 Detections = tuple[np.ndarray, Sequence[str]]
 
-# the labels of each confusion, in the order tables show them; relations are pipeline.world.relation's answers
+# the labels of each confusion, in the order tables show them
 LABELS: dict[str, tuple[str, ...]] = {
     "color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES),
-    "relation": ("to the left of", "to the right of", "above", "below"),
+    "relation": RELATIONS,
 }
 IOU_MATCH = 0.5  # a box detects an object at this IoU: the PASCAL VOC / COCO AP50 criterion
 DETECTOR_FAULTS = ("missed", "misclassified")

@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
 
 from features.weights import load_state_dict, weights_identity
 
@@ -54,6 +54,7 @@ class DetectorConfig:
     rpn_post_nms_top_n_test: int = 100
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
+    class_agnostic_nms: float = 1.0  # IoU above which a box is dropped for a higher-scoring one of any class (1 = off)
     min_regions: int = 0  # top up to this many regions with lower-scoring detections
     min_regions_score: float = 0.01  # ... but none below this score
     max_regions: int = 36
@@ -187,13 +188,20 @@ def _detections(model: FasterRCNN, images: list[torch.Tensor]):
     return image_list, features, last_stage, detections
 
 
-def select_regions(scores: torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
+def select_regions(scores: torch.Tensor, boxes: torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
     """Indices of the kept detections (``scores`` sorted descending, as both backends return
-    them): those above ``box_score_thresh``, topped up to ``min_regions`` with the best of the rest."""
-    above = (scores >= cfg.box_score_thresh).nonzero().flatten()
+    them, ``boxes`` (R, 4)): those above ``box_score_thresh``, topped up to ``min_regions`` with
+    the best of the rest, best first. Both detectors suppress overlaps within a class only, so
+    one object can come back once per plausible class; ``class_agnostic_nms`` < 1 first keeps only
+    the best-scoring of boxes overlapping above it, whatever their class (one region per object,
+    as the bottom-up-attention extractor keeps one class per box)."""
+    candidates = torch.arange(len(scores), device=scores.device)
+    if cfg.class_agnostic_nms < 1.0:
+        candidates = nms(boxes.float(), scores.float(), cfg.class_agnostic_nms).sort().values
+    above = candidates[scores[candidates] >= cfg.box_score_thresh]
     if len(above) >= cfg.min_regions:
         return above[: cfg.max_regions]
-    return torch.arange(min(cfg.min_regions, len(scores)), device=scores.device)
+    return candidates[: cfg.min_regions]
 
 
 def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stage: torch.Tensor,
@@ -220,7 +228,7 @@ def detect_regions(model: nn.Module, images: list[torch.Tensor], cfg: DetectorCo
 
         return detect_regions_detectron2(model, images, cfg)
     image_list, features, last_stage, detections = _detections(model, images)
-    kept = [{k: v[select_regions(d["scores"], cfg)] for k, v in d.items()} for d in detections]
+    kept = [{k: v[select_regions(d["scores"], d["boxes"], cfg)] for k, v in d.items()} for d in detections]
     boxes = [_with_fallback(d["boxes"], size) for d, size in zip(kept, image_list.image_sizes)]
     region_features = _region_features(model, cfg, features, last_stage, boxes, image_list)
     out = []

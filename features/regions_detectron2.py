@@ -86,7 +86,7 @@ def detect_regions_detectron2(model: nn.Module, images: list[torch.Tensor], cfg:
     instances, _ = model.roi_heads(batch, features, proposals, None)
     kept = []
     for inst, size in zip(instances, batch.image_sizes):
-        order = select_regions(inst.scores, cfg)
+        order = select_regions(inst.scores, inst.pred_boxes.tensor, cfg)
         inst = inst[order]
         if len(inst) == 0:  # no detection: one whole-image box, score 0, background label
             h, w = size

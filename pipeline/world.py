@@ -36,6 +36,7 @@ SIZES = {"small": (16, 22), "large": (30, 40)}  # side length range in pixels at
 SCENES = ("beach", "forest", "city", "snow")
 SCENE_PHRASES = {"beach": "on the beach", "forest": "in the forest", "city": "in the city", "snow": "in the snow"}
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+RELATIONS = ("to the left of", "to the right of", "above", "below")  # the answers of relation()
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,14 @@ def relation(a: WorldObject, b: WorldObject) -> str:
     return "above" if ay < by else "below"
 
 
-def _phrase(obj: WorldObject, with_size: bool) -> str:
+def phrase(obj: WorldObject, with_size: bool) -> str:
+    """How captions name an object: "a [size] <colour> <shape>"."""
     words = ([obj.size] if with_size else []) + [obj.color, obj.shape]
     return "a " + " ".join(words)
 
 
 def _listing(objects: list[WorldObject], with_size: bool) -> str:
-    phrases = [_phrase(o, with_size) for o in objects]
+    phrases = [phrase(o, with_size) for o in objects]
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
@@ -161,10 +163,10 @@ def make_captions(objects: list[WorldObject], scene: str, rng: random.Random) ->
     noun = "shape" if len(objects) == 1 else "shapes"
     a, b = rng.sample(objects, 2) if len(objects) > 1 else (objects[0], None)
     if b is not None:
-        rel = f"{_phrase(a, True)} {relation(a, b)} {_phrase(b, True)}"
-        rel_plain = f"{_phrase(a, False)} {relation(a, b)} {_phrase(b, False)}"
+        rel = f"{phrase(a, True)} {relation(a, b)} {phrase(b, True)}"
+        rel_plain = f"{phrase(a, False)} {relation(a, b)} {phrase(b, False)}"
     else:
-        rel, rel_plain = f"{_phrase(a, True)} alone", f"{_phrase(a, False)} by itself"
+        rel, rel_plain = f"{phrase(a, True)} alone", f"{phrase(a, False)} by itself"
     shuffled = rng.sample(objects, len(objects))
     return [
         f"{_listing(left_to_right, with_size=True)} {where}",

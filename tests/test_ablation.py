@@ -17,7 +17,8 @@ def test_variants_change_only_switches_and_schedule():
         p = variant_params(params, name, seed=7)
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
         assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition",
-                           "prefix_regions", "region_order", "box_embedding", "edge_geometry", "region_features"}
+                           "prefix_regions", "region_order", "region_token_skip", "box_embedding", "edge_geometry",
+                           "region_features"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (
@@ -26,7 +27,8 @@ def test_variants_change_only_switches_and_schedule():
     assert not any(variant("baseline").model[m] for m in modules) and all(variant("gat_msg").model[m] for m in modules)
     for name in ("baseline", "gat_msg"):  # the paper's rows keep the paper's regions whatever params.yaml says
         paper = variant_params(params, name, 0)
-        assert (paper.model.prefix_regions, paper.model.box_embedding, paper.knn.metric) == ("mean", False, "cosine")
+        assert (paper.model.prefix_regions, paper.model.box_embedding, paper.model.region_features, paper.knn.metric) == (
+            "mean", False, "detector", "cosine")
     assert variant_params(params, "text_only", 0).train.mode == "text_only"
     assert not variant_params(params, "clip_prefix", 0).model.regions
     keywords = variant_params(params, "keyword_only", 0)
@@ -56,14 +58,15 @@ def test_cells_of_related_captioners_and_other_graphs_run_through_the_stage(tmp_
     """keyword_only (re-ranked by the pipeline's CLIP), semi_supervised (its SCST reward from the same
     text tower) and a cell with other KNN graphs than the store's (computed into its own store
     folder, the shared graphs untouched), each trained and evaluated by the real ablation stage."""
-    from pipeline.stages import ablation, clip_image, clip_text, knn, prepare, region_keywords, regions, world
+    from pipeline.stages import (ablation, clip_image, clip_text, knn, prepare, region_clip, region_keywords, regions,
+                                 world)
 
-    project = tiny_project(tmp_path, (world, prepare, clip_image, regions, clip_text, knn, region_keywords),
+    project = tiny_project(tmp_path, (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip),
                            n_train=8, train={"batch_size": 4, "val_images": 2},
                            ablation={"phase1_epochs": 1, "phase2_epochs": 1, "labelled_fraction": 0.25,
                                      "scst_epochs": 1})
     shared_graphs = {p: p.read_bytes() for p in (project / "data/features/knn").glob("*.h5")}
-    for variant_name in ("keyword_only", "semi_supervised", "tokens_geometry_knn_center"):
+    for variant_name in ("keyword_only", "semi_supervised", "local_detail_knn_center"):
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(project)
             patch.setattr("sys.argv", ["ablation", variant_name, "0"])

@@ -9,14 +9,15 @@ import pytest
 from features.store import StoreError
 from pipeline import caption
 from pipeline.params import load_params
-from pipeline.stages import clip_image, clip_text, evaluate, knn, prepare, region_keywords, regions, train, world
+from pipeline.stages import (clip_image, clip_text, evaluate, knn, prepare, region_clip, region_keywords, regions, train,
+                             world)
 from tests.conftest import tiny_project
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 12-image world run through every stage (one short epoch per phase, greedy decoding)."""
-    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, train, evaluate)
+    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip, train, evaluate)
     project = tiny_project(tmp_path_factory.mktemp("caption"), stages, n_train=8,
                            train=dict(phase1_epochs=1, phase2_epochs=1, batch_size=8, val_images=0),
                            evaluate={"decode": {"method": "greedy"}})

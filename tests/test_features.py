@@ -11,7 +11,8 @@ from torchvision.transforms.functional import to_tensor
 
 from features.clip import ClipConfig, encode_from_tokens, encode_images, encode_texts, load_clip
 from features.images import ImageError, load_rgb
-from features.regions import DetectorConfig, build_detector, detect_regions, load_detector, pad_regions
+from features.regions import (DetectorConfig, build_detector, detect_regions, load_detector, pad_regions,
+                              select_regions)
 from tests.conftest import REAL_SAMPLE
 
 CLASSES = ["__background__", "circle", "square"]
@@ -88,6 +89,21 @@ def test_no_detection_falls_back_to_the_whole_image(tiny_detector, tmp_path):
     model, _ = load_detector(cfg, torch.device("cpu"))
     (r,) = detect_regions(model, [to_tensor(load_rgb(_images(tmp_path, 1)[0]))], cfg)
     assert r.boxes.tolist() == [[0, 0, 96, 80]] and r.scores.tolist() == [0] and r.labels.tolist() == [0]
+
+
+def test_class_agnostic_nms_keeps_one_region_per_object():
+    """The detector suppresses overlaps per class, so one object can come back as a circle and as
+    a square; class_agnostic_nms keeps the better of the two, and the threshold and the top-up
+    still apply to what is left, best first."""
+    scores = torch.tensor([0.9, 0.8, 0.6, 0.3, 0.1])  # sorted, as the detectors return them
+    boxes = torch.tensor([[0, 0, 20, 20], [1, 0, 21, 20], [50, 50, 70, 70], [51, 50, 70, 71], [90, 90, 99, 99]],
+                         dtype=torch.float)  # 0/1 and 2/3: the same object twice
+    per_class = DetectorConfig(box_score_thresh=0.2)
+    assert select_regions(scores, boxes, per_class).tolist() == [0, 1, 2, 3]
+    agnostic = DetectorConfig(box_score_thresh=0.2, class_agnostic_nms=0.5)
+    assert select_regions(scores, boxes, agnostic).tolist() == [0, 2]
+    topped_up = DetectorConfig(box_score_thresh=0.95, class_agnostic_nms=0.5, min_regions=3)
+    assert select_regions(scores, boxes, topped_up).tolist() == [0, 2, 4]
 
 
 def test_missing_weights_and_unknown_arch_are_named(tiny_detector):

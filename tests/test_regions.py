@@ -5,7 +5,7 @@ import torch
 
 from tests.test_model import _items, _model, changed_by_one_step
 from train.data import collate
-from train.regions import box_geometry, edge_geometry, region_slots
+from train.regions import box_geometry, box_sinusoids, edge_geometry, region_slots
 
 
 def test_box_geometry_is_relative_to_the_image():
@@ -17,6 +17,30 @@ def test_box_geometry_is_relative_to_the_image():
     relative = edge_geometry(box_geometry(boxes, sizes), edges)
     torch.testing.assert_close(relative[0], -relative[1])  # what 0 sees of 1 is the reverse of what 1 sees of 0
     torch.testing.assert_close(relative[0, :2], torch.tensor([-0.625, -0.625]))
+
+
+def test_box_sinusoids_make_small_geometry_differences_unit_scale():
+    small, large = torch.tensor([[0.5, 0.5, 0.15, 0.15, 0.0225]]), torch.tensor([[0.5, 0.5, 0.27, 0.27, 0.0729]])
+    codes = box_sinusoids(torch.cat([small, large]))  # (2, 50)
+    assert codes.shape == (2, 50)
+    torch.testing.assert_close(codes.norm(dim=-1), torch.full((2,), 5.0))  # sin² + cos² = 1 for each of 25 angles
+    assert (codes[0] - codes[1]).norm() > 2.0  # the boxes themselves differ by 0.18 at most
+
+
+def test_region_token_skip_keeps_each_region_s_own_feature(tiny_language):
+    """A GAT whose output is the same for every node (zero weights) leaves tokens that cannot tell
+    regions apart; the skip connection puts each region's own feature back into its token."""
+    batch = collate(_items(n=2, tokenizer=None), pad_id=0)
+    tokens = {}
+    for skip in (False, True):
+        model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, region_token_skip=skip).eval()
+        with torch.no_grad():
+            for p in model.gat.parameters():
+                p.zero_()
+        tokens[skip] = model.prefix(batch).embeddings[0, 3:5]  # image 0's first two region tokens
+        assert model.region_tokens.project[0].in_features == model.gat.out_dim + model.dims.region * skip
+    torch.testing.assert_close(tokens[False][0], tokens[False][1])
+    assert not torch.allclose(tokens[True][0], tokens[True][1])
 
 
 def test_region_slots_order_by_score_or_position_and_cap():
@@ -60,7 +84,7 @@ def test_geometry_and_token_parameters_train(tiny_language):
     model = _model(tiny_language, prefix_regions="tokens", box_embedding=True, edge_geometry=True)
     batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     changed = changed_by_one_step(model.train(), batch)
-    assert {"box_embedding.weight", "region_tokens.empty", "region_tokens.project.0.weight"} <= changed
+    assert {"box_embedding.project.weight", "region_tokens.empty", "region_tokens.project.0.weight"} <= changed
     assert any(n.startswith("gat.convs.0.lin_edge") for n in changed)  # the edge attributes reach the GAT
 
 

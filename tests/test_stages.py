@@ -164,7 +164,7 @@ def test_training_fine_tunes_clip_from_cached_tokens(project):
     params["train"].update(phase1_epochs=1, phase2_epochs=1, batch_size=8, val_images=0)
     params["evaluate"]["decode"].update(method="greedy")
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in (clip_image, regions, clip_text, knn, region_keywords, train, evaluate):
+    for stage in (clip_image, regions, clip_text, knn, region_keywords, region_clip, train, evaluate):
         stage.main()
     model, config = load_captioner(project / "models/captioner")
     clip = load_clip(load_params(project / "params.yaml").clip, "cpu")

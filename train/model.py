@@ -21,7 +21,7 @@ from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
-from train.regions import GEOMETRY, RegionTokens, edge_geometry
+from train.regions import BoxEmbedding, RegionTokens, edge_geometry
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class ModelConfig:
     prefix_regions: str = "mean"  # mean (the paper: pooled into f_fused only) | tokens (+ one prefix token per region)
     region_tokens: int = 10  # tokens: regions given their own token (the rest are left out)
     region_order: str = "score"  # tokens: score (the detector's order) | position (left to right, then top down)
+    region_token_skip: bool = False  # tokens: each token also reads its region's own feature beside the GAT's output
     box_embedding: bool = False  # add an embedding of each region's normalised box to its feature
     edge_geometry: bool = False  # relative box geometry as GAT edge attributes (beside the edge weight)
 
@@ -101,7 +102,7 @@ class Captioner(nn.Module):
             raise ValueError("model.gat needs model.regions (the GAT runs over the regions)")
         _check_condition(cfg, dims)
         _check_regions(cfg)
-        self.box_embedding = nn.Linear(GEOMETRY, dims.region) if cfg.box_embedding else None
+        self.box_embedding = BoxEmbedding(dims.region) if cfg.box_embedding else None
         edge_dim = cfg.gat_edge_weights + 4 * cfg.edge_geometry
         self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
                                edge_dim) if cfg.gat else None)
@@ -128,7 +129,9 @@ class Captioner(nn.Module):
         else:
             raise ValueError(f"model.mapping: unknown {cfg.mapping!r}; known: {MAPPERS}")
         # built last, so a seed gives the other modules the same initial weights with or without it
-        self.region_tokens = (RegionTokens(region_out, h, cfg.region_tokens, cfg.region_order)
+        self.token_skip = cfg.region_token_skip and self.gat is not None
+        token_dim = region_out + dims.region * self.token_skip
+        self.region_tokens = (RegionTokens(token_dim, h, cfg.region_tokens, cfg.region_order)
                               if cfg.prefix_regions == "tokens" else None)
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
@@ -137,9 +140,10 @@ class Captioner(nn.Module):
         clip = self.clip_tail(batch["clip_tokens"]) if self.clip_tail is not None else batch["clip"]  # (B, d)
         if self.cfg.normalize_clip:
             clip = F.normalize(clip, dim=-1)
-        fused, regions = clip, None
+        fused, raw, regions = clip, None, None
         if self.fuse is not None:
-            regions, _ = self.enhanced_regions(batch)  # (V, ·)
+            raw = self.region_features(batch)  # (V, D)
+            regions, _ = self.enhance(raw, batch)  # (V, ·)
             pooled = scatter(regions, batch["node_batch"], dim=0, dim_size=clip.shape[0], reduce="mean")
             fused = self.fuse(torch.cat([clip, pooled], dim=-1))  # eq. 10
         parts, gate, scene_attention = [fused], None, None
@@ -154,7 +158,8 @@ class Captioner(nn.Module):
             parts.append(guide)
         embeddings = self.mapping(torch.cat(parts, dim=-1))  # (B, L_p, h)
         if self.region_tokens is not None:  # the paper's prefix, then one token per region
-            tokens = self.region_tokens(regions, batch["node_batch"], batch["geometry"], clip.shape[0])
+            token_input = torch.cat([raw, regions], dim=-1) if self.token_skip else regions
+            tokens = self.region_tokens(token_input, batch["node_batch"], batch["geometry"], clip.shape[0])
             embeddings = torch.cat([embeddings, tokens], dim=1)  # (B, L_p + slots, h)
         return Prefix(embeddings, fused, gate, scene_attention)
 
@@ -167,14 +172,24 @@ class Captioner(nn.Module):
         chosen = self.keyword_bank[ids]  # (B, k, d)
         return Prefix(self.mapping(chosen.flatten(1)), None, None, None, ids)
 
-    def enhanced_regions(self, batch: dict[str, torch.Tensor],
-                         return_attention: bool = False) -> tuple[torch.Tensor, list]:
-        """Every region of the batch, with its box embedded when asked and through the GAT when
-        on: (V, ·), and the GAT's attention per layer when ``return_attention``."""
-        x = {"detector": lambda: batch["x"], "clip": lambda: batch["region_clip"],  # (V, D) all regions of the batch
+    def region_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every region of the batch as the model reads it (model.region_features), its box
+        embedded when asked: (V, D)."""
+        x = {"detector": lambda: batch["x"], "clip": lambda: batch["region_clip"],
              "both": lambda: torch.cat([batch["x"], batch["region_clip"]], dim=-1)}[self.cfg.region_features]()
         if self.box_embedding is not None:
             x = x + self.box_embedding(batch["geometry"])
+        return x
+
+    def enhanced_regions(self, batch: dict[str, torch.Tensor],
+                         return_attention: bool = False) -> tuple[torch.Tensor, list]:
+        """Every region of the batch through the GAT when on: (V, ·), and the GAT's attention per
+        layer when ``return_attention``."""
+        return self.enhance(self.region_features(batch), batch, return_attention)
+
+    def enhance(self, x: torch.Tensor, batch: dict[str, torch.Tensor],
+                return_attention: bool = False) -> tuple[torch.Tensor, list]:
+        """Region features x (V, D) → the GAT's output (V, hidden*heads) (x itself without GAT)."""
         if self.gat is None:
             return x, []
         attributes = []
@@ -183,7 +198,7 @@ class Captioner(nn.Module):
         if self.cfg.edge_geometry:
             attributes.append(edge_geometry(batch["geometry"], batch["edge_index"]))
         edge_attr = torch.cat(attributes, dim=-1) if attributes else None  # (E, edge_dim)
-        return self.gat(x, batch["edge_index"], edge_attr, return_attention)  # (V, hidden*heads)
+        return self.gat(x, batch["edge_index"], edge_attr, return_attention)
 
     def caption_logits(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: prefix (B, L_p, h), tokens/mask (B, T) → logits for the tokens (B, T, V)."""

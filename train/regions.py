@@ -5,7 +5,7 @@ which loses which attribute belongs to which object and every relation ("left of
 Three optional pieces put that back:
 
 - :func:`box_geometry`: each region's normalised box (centre x, centre y, width, height, area),
-  which :class:`Captioner` embeds and adds to the node feature before the GAT;
+  which :class:`BoxEmbedding` embeds and :class:`Captioner` adds to the node feature before the GAT;
 - :func:`edge_geometry`: relative box geometry of each GAT edge (dx, dy, log width and height
   ratios), as edge attributes beside the Gaussian weight;
 - :class:`RegionTokens`: each (GAT-enhanced) region mapped to one GPT-2 prefix token, in a
@@ -15,10 +15,13 @@ Three optional pieces put that back:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 GEOMETRY = 5  # cx, cy, w, h, area — all as fractions of the image
+FREQUENCIES = (1, 2, 4, 8, 16)  # of the box embedding's sinusoids, in cycles per image
 ORDERS = ("score", "position")
 
 
@@ -58,6 +61,27 @@ def region_slots(node_batch: torch.Tensor, geometry: torch.Tensor, n_images: int
     keep = within_rank < slots
     table[node_batch[keep], within_rank[keep]] = torch.arange(n, device=node_batch.device)[keep]
     return table
+
+
+class BoxEmbedding(nn.Module):
+    """Box geometry (V, 5) → (V, D): sines and cosines of each value at several frequencies, then
+    a linear map. A linear map of the raw fractions barely moves region features of far larger
+    magnitude (a small and a large object differ by ~0.1 in width); the sinusoids, like DETR's
+    positional encodings, turn such differences into unit-scale ones."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.project = nn.Linear(GEOMETRY * 2 * len(FREQUENCIES), dim)
+
+    def forward(self, geometry: torch.Tensor) -> torch.Tensor:
+        return self.project(box_sinusoids(geometry))  # (V, D)
+
+
+def box_sinusoids(geometry: torch.Tensor) -> torch.Tensor:
+    """(V, 5) → (V, 5·2·F): sin and cos of 2π·f·value for each frequency f in FREQUENCIES."""
+    angles = geometry[..., None] * (torch.tensor(FREQUENCIES, dtype=geometry.dtype, device=geometry.device)
+                                    * 2 * math.pi)  # (V, 5, F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)
 
 
 class RegionTokens(nn.Module):

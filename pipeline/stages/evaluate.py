@@ -1,6 +1,6 @@
 """Stage `evaluate`: decode the test split with the trained captioner; pycocoevalcap metrics,
 the references' own leave-one-out CIDEr, CLIPScore / RefCLIPScore and (on the demo world) the
-ground-truth judge into results/metrics.json, captions and per-image scores into
+ground-truth judge and the relation ranking into results/metrics.json, captions and per-image scores into
 results/captions.json, and (on the demo world) the error analysis — confusions and detector vs
 captioner blame — into results/error_analysis.json."""
 import random
@@ -11,6 +11,7 @@ import numpy as np
 from eval.clipscore import clip_scores
 from eval.error_analysis import Detections, analyse
 from eval.metrics import cider, coco_scores, human_cider, spice_unavailable_reason
+from eval.relation_ranking import relation_ranking
 from eval.world_truth import world_scores
 from features.regions import load_class_names
 from features.store import check_provenance
@@ -65,6 +66,8 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path,
     world = all("objects" in t for t in truth.values())  # the demo world: judge captions against what is shown
     if world:
         scores.update(world_scores(candidates, truth)[0])
+        scores.update(relation_ranking(model, Images(features, indices), [truth[i] for i in ids],
+                                       params.evaluate.batch_size, params.train.max_tokens, device))
     if analysis_out is not None:
         analysis = (analyse(candidates, truth, dict(zip(ids, detections(params, features, indices)))) if world
                     else {"unavailable": "no ground-truth objects in the manifest (the demo world has them)"})
