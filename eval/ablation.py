@@ -100,7 +100,7 @@ def summarize(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> list[
     for name, by_seed in results.items():
         row: dict[str, Any] = {"variant": name, "label": VARIANTS[name].label, "seeds": len(by_seed)}
         for key, _ in COLUMNS:
-            values = [m[key] for m in by_seed.values() if key in m and not math.isnan(m[key])]
+            values = [m[key] for m in by_seed.values() if m.get(key) is not None and not math.isnan(m[key])]
             if values:
                 mean = sum(values) / len(values)
                 std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0

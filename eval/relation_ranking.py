@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from eval.world_truth import truth_objects
 from pipeline.world import RELATIONS, SCENE_PHRASES, phrase, relation
-from train.data import collate, tokenize_captions
+from train.data import collate, pad_tokens, tokenize_captions
 from train.model import Captioner
 
 
@@ -33,11 +34,7 @@ def relation_questions(extra: Mapping[str, Any]) -> list[tuple[list[str], int]]:
 def caption_log_likelihoods(model: Captioner, prefix: torch.Tensor, texts: Sequence[str], max_tokens: int) -> torch.Tensor:
     """log p(text | prefix) of each text (EOS included, as in training): prefix (n, L_p, h) → (n,)."""
     flat, offsets = tokenize_captions(model.tokenizer, list(texts), max_tokens)
-    lengths = offsets[1:] - offsets[:-1]
-    tokens = torch.full((len(texts), int(lengths.max())), model.tokenizer.pad_token_id, dtype=torch.long)
-    for k, (start, end) in enumerate(zip(offsets[:-1], offsets[1:])):
-        tokens[k, :end - start] = torch.from_numpy(flat[start:end]).long()
-    mask = (torch.arange(tokens.shape[1])[None] < torch.from_numpy(lengths)[:, None]).long()
+    tokens, mask = pad_tokens(np.split(flat, offsets[1:-1]), model.tokenizer.pad_token_id)  # (n, T)
     tokens, mask = tokens.to(prefix.device), mask.to(prefix.device)
     logp = model.caption_logits(prefix, tokens, mask).log_softmax(dim=-1)  # (n, T, V)
     return (logp.gather(-1, tokens[..., None])[..., 0] * mask).sum(dim=1)
@@ -47,15 +44,20 @@ def caption_log_likelihoods(model: Captioner, prefix: torch.Tensor, texts: Seque
 def relation_ranking(model: Captioner, dataset, extras: Sequence[Mapping[str, Any]], batch_size: int,
                      max_tokens: int, device: torch.device) -> dict[str, float]:
     """Share of object pairs whose true relation the captioner finds likeliest, over the images of
-    ``dataset`` (``train.data.Images``; ``extras``: their ground truth, in the same order)."""
+    ``dataset`` (``train.data.Images``; ``extras``: their ground truth, in the same order). All
+    questions of a batch of images are scored in one forward pass."""
     model.eval().to(device)
     right = pairs = 0
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     for start, batch in zip(range(0, len(dataset), batch_size), loader):
+        questions = [relation_questions(extra) for extra in extras[start:start + len(batch["clip"])]]
+        asked = torch.tensor([len(q) * len(RELATIONS) for q in questions], device=device)  # captions per image
+        if not asked.any():
+            continue
         prefix = model.prefix({k: v.to(device) for k, v in batch.items()}).embeddings  # (B, L_p, h)
-        for b, extra in enumerate(extras[start:start + len(batch["clip"])]):
-            for texts, truth in relation_questions(extra):
-                scores = caption_log_likelihoods(model, prefix[b:b + 1].expand(len(texts), -1, -1), texts, max_tokens)
-                right += int(scores.argmax()) == truth
-                pairs += 1
+        texts = [text for image in questions for candidates, _ in image for text in candidates]
+        scores = caption_log_likelihoods(model, prefix.repeat_interleave(asked, dim=0), texts, max_tokens)
+        truth = torch.tensor([t for image in questions for _, t in image], device=device)
+        right += int((scores.view(-1, len(RELATIONS)).argmax(dim=1) == truth).sum())
+        pairs += len(truth)
     return {"world/relation_ranking": right / pairs if pairs else float("nan"), "world/relation_pairs": pairs}

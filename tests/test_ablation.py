@@ -43,7 +43,7 @@ def test_variants_change_only_switches_and_schedule():
 
 def test_table_has_mean_and_sample_std_over_seeds():
     results = {"baseline": {0: {"CIDEr": 1.0, "BLEU-4": 0.5}, 1: {"CIDEr": 3.0, "BLEU-4": 0.5}},
-               "gat_msg": {0: {"CIDEr": 2.0}}}
+               "gat_msg": {0: {"CIDEr": 2.0, "BLEU-4": None}}}  # None: not measured (JSON null)
     rows = summarize(results)
     assert rows[0]["CIDEr"] == pytest.approx({"mean": 2.0, "std": 2 ** 0.5})
     assert rows[0]["BLEU-4"] == {"mean": 0.5, "std": 0.0} and rows[1]["CIDEr"] == {"mean": 2.0, "std": 0.0}
@@ -51,6 +51,7 @@ def test_table_has_mean_and_sample_std_over_seeds():
     assert table[0] == "| model | seeds | BLEU-4 | CIDEr |"
     assert table[2] == "| Baseline: CLIP + regions + GPT-2 | 2 | 0.500 ± 0.000 | 2.000 ± 1.414 |"
     assert table[3].endswith("| – | 2.000 ± 0.000 |")  # a metric a row lacks is a dash, not a zero
+    assert "BLEU-4" not in rows[1]
     assert to_csv(rows).splitlines()[1].startswith("baseline,Baseline: CLIP + regions + GPT-2,2,0.500000,0.000000")
 
 
@@ -75,3 +76,14 @@ def test_cells_of_related_captioners_and_other_graphs_run_through_the_stage(tmp_
         assert metrics["variant"] == variant_name and metrics["n_images"] == 2 and math.isfinite(metrics["CIDEr"])
     assert {p: p.read_bytes() for p in (project / "data/features/knn").glob("*.h5")} == shared_graphs
     assert not any((project / "models/ablations").iterdir())  # each cell cleans up after itself
+
+
+def test_figures_with_nothing_to_measure_are_written_as_json_null(tmp_path):
+    import json
+
+    from pipeline.stages.common import write_json
+
+    write_json(tmp_path / "m.json", {"world/relation_accuracy": float("nan"), "per": [{"x": float("nan")}, 1.5]})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text
+    assert json.loads(text) == {"world/relation_accuracy": None, "per": [{"x": None}, 1.5]}

@@ -5,7 +5,8 @@ import torch
 
 from tests.test_model import _items, _model, changed_by_one_step
 from train.data import collate
-from train.regions import box_geometry, box_sinusoids, edge_geometry, region_slots
+from train.regions import (ANGLE_HARMONICS, SpatialContext, box_geometry, box_sinusoids, edge_geometry,
+                           pair_direction, region_slots)
 
 
 def test_box_geometry_is_relative_to_the_image():
@@ -65,6 +66,43 @@ def test_region_tokens_follow_the_paper_prefix_and_fill_empty_slots(tiny_languag
     torch.testing.assert_close(embeddings[:, :3], paper.prefix(batch).embeddings)
 
 
+def test_pair_direction_gives_distance_and_angle_harmonics():
+    geometry = torch.tensor([[0.5, 0.5, 0.2, 0.2, 0.04], [0.8, 0.5, 0.2, 0.2, 0.04], [0.5, 0.1, 0.2, 0.2, 0.04]])
+    edges = torch.tensor([[1, 2], [0, 0]])  # what region 0 sees: 1 to its right, 2 above it (y grows downwards)
+    features = pair_direction(geometry, edges)
+    assert features.shape == (2, 5 + 2 * ANGLE_HARMONICS)
+    torch.testing.assert_close(features[:, 4], torch.tensor([0.3, 0.4]))  # distance of the centres
+    k = torch.arange(1, ANGLE_HARMONICS + 1)
+    torch.testing.assert_close(features[0, 5:], torch.cat([torch.ones(ANGLE_HARMONICS), torch.zeros(ANGLE_HARMONICS)]))
+    up = -torch.pi / 2 * k
+    torch.testing.assert_close(features[1, 5:], torch.cat([up.cos(), up.sin()]))
+
+
+def test_spatial_context_gathers_only_the_image_s_other_regions_by_their_relative_box():
+    torch.manual_seed(0)
+    context = SpatialContext(h=8, directions=4)
+    node_batch = torch.tensor([0, 0, 0, 1])  # image 1 has a single region: nothing to gather
+    geometry = torch.rand(4, 5)
+    tokens = torch.randn(4, 8)
+    out = context(tokens, node_batch, geometry)
+    torch.testing.assert_close(out[3], tokens[3] + context.out.bias)  # an empty context
+    moved = geometry.clone()
+    moved[1, :2] += 0.3  # region 1 moves: what regions 0 and 2 see of it changes, and what it sees of them
+    changed = ~torch.isclose(context(tokens, node_batch, moved), out).all(dim=-1)
+    assert changed.tolist() == [True, True, True, False]
+    other = tokens.clone()
+    other[2] += 1.0  # region 2 looks different: its neighbours' contexts change, its own does not
+    changed = ~torch.isclose(context(other, node_batch, geometry) - other, out - tokens).all(dim=-1)
+    assert changed.tolist() == [True, True, False, False]
+
+
+def test_spatial_context_reaches_the_prefix_and_trains(tiny_language):
+    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4)
+    batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    assert {"spatial_context.gates.0.weight", "spatial_context.message.weight", "spatial_context.out.weight"} <= \
+        changed_by_one_step(model.train(), batch)
+
+
 def _moved(batch: dict, node: int, dx: float) -> dict:
     geometry = batch["geometry"].clone()
     geometry[node, 0] += dx
@@ -93,6 +131,7 @@ def test_geometry_and_token_parameters_train(tiny_language):
     ({"regions": False, "gat": False, "box_embedding": True}, "need model.regions"),
     ({"gat": False, "edge_geometry": True}, "model.edge_geometry needs model.gat"),
     ({"prefix_regions": "tokens", "region_tokens": 0}, "model.region_tokens: 0"),
+    ({"spatial_directions": 4}, "model.spatial_directions: 4 needs prefix_regions tokens"),
 ])
 def test_bad_region_switches_are_refused(tiny_language, switches, message):
     with pytest.raises(ValueError, match=message):
@@ -139,5 +178,6 @@ def test_prefix_and_caption_must_fit_gpt2_s_positions(tiny_language):
 
     model = _model(tiny_language, prefix_regions="tokens", region_tokens=30)  # the tiny GPT-2 has 64 positions
     check_mode(model, TrainConfig(max_tokens=31))
+    assert model.prefix_tokens == 3 + 30
     with pytest.raises(ValueError, match="model.prefix_length \\+ model.region_tokens \\+ train.max_tokens = 65"):
         check_mode(model, TrainConfig(max_tokens=32))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -198,11 +198,16 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
     if "clip_tokens" in items[0]:
         batch["clip_tokens"] = torch.from_numpy(np.stack([it["clip_tokens"] for it in items]))  # (B, L, width)
     if "tokens" in items[0]:
-        length = max(len(it["tokens"]) for it in items)
-        tokens = torch.full((len(items), length), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(items), length, dtype=torch.long)
-        for b, it in enumerate(items):
-            tokens[b, :len(it["tokens"])] = torch.as_tensor(it["tokens"])
-            mask[b, :len(it["tokens"])] = 1
-        batch["tokens"], batch["mask"] = tokens, mask
+        batch["tokens"], batch["mask"] = pad_tokens([it["tokens"] for it in items], pad_id)
     return batch
+
+
+def pad_tokens(sequences: Sequence[Sequence[int] | np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences of different lengths → tokens (n, T) padded with ``pad_id`` and mask (n, T)."""
+    length = max(len(ids) for ids in sequences)
+    tokens = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), length, dtype=torch.long)
+    for b, ids in enumerate(sequences):
+        tokens[b, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        mask[b, :len(ids)] = 1
+    return tokens, mask

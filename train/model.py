@@ -21,7 +21,7 @@ from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
-from train.regions import BoxEmbedding, RegionTokens, edge_geometry
+from train.regions import BoxEmbedding, RegionTokens, SpatialContext, edge_geometry
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class ModelConfig:
     region_tokens: int = 10  # tokens: regions given their own token (the rest are left out)
     region_order: str = "score"  # tokens: score (the detector's order) | position (left to right, then top down)
     region_token_skip: bool = False  # tokens: each token also reads its region's own feature beside the GAT's output
+    spatial_directions: int = 0  # tokens: each token adds the image's other region tokens through N learned direction gates
     box_embedding: bool = False  # add an embedding of each region's normalised box to its feature
     edge_geometry: bool = False  # relative box geometry as GAT edge attributes (beside the edge weight)
 
@@ -133,6 +134,12 @@ class Captioner(nn.Module):
         token_dim = region_out + dims.region * self.token_skip
         self.region_tokens = (RegionTokens(token_dim, h, cfg.region_tokens, cfg.region_order)
                               if cfg.prefix_regions == "tokens" else None)
+        self.spatial_context = SpatialContext(h, cfg.spatial_directions) if cfg.spatial_directions else None
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Length of every prefix: the mapped tokens, then the region tokens."""
+        return self.cfg.prefix_length + (self.region_tokens.slots if self.region_tokens else 0)
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
         if self.cfg.condition == "keywords":
@@ -159,7 +166,10 @@ class Captioner(nn.Module):
         embeddings = self.mapping(torch.cat(parts, dim=-1))  # (B, L_p, h)
         if self.region_tokens is not None:  # the paper's prefix, then one token per region
             token_input = torch.cat([raw, regions], dim=-1) if self.token_skip else regions
-            tokens = self.region_tokens(token_input, batch["node_batch"], batch["geometry"], clip.shape[0])
+            node_tokens = self.region_tokens.project(token_input)  # (V, h)
+            if self.spatial_context is not None:
+                node_tokens = self.spatial_context(node_tokens, batch["node_batch"], batch["geometry"])
+            tokens = self.region_tokens(node_tokens, batch["node_batch"], batch["geometry"], clip.shape[0])
             embeddings = torch.cat([embeddings, tokens], dim=1)  # (B, L_p + slots, h)
         return Prefix(embeddings, fused, gate, scene_attention)
 
@@ -237,6 +247,9 @@ def _check_regions(cfg: ModelConfig) -> None:
         raise ValueError("model.prefix_regions tokens, box_embedding and edge_geometry need model.regions")
     if cfg.edge_geometry and not cfg.gat:
         raise ValueError("model.edge_geometry needs model.gat (the geometry is an attribute of the GAT's edges)")
+    if cfg.spatial_directions and cfg.prefix_regions != "tokens":
+        raise ValueError(f"model.spatial_directions: {cfg.spatial_directions} needs prefix_regions tokens "
+                         "(the context is added to region tokens)")
     if cfg.prefix_regions == "tokens" and cfg.region_tokens < 1:
         raise ValueError(f"model.region_tokens: {cfg.region_tokens} (need at least 1)")
 

@@ -11,7 +11,10 @@ Three optional pieces put that back:
 - :class:`RegionTokens`: each (GAT-enhanced) region mapped to one GPT-2 prefix token, in a
   deterministic order (detector score, or position left to right), capped at a number of slots;
   empty slots hold a learned "no region" embedding, so every prefix has the same length and
-  needs no attention mask.
+  needs no attention mask;
+- :class:`SpatialContext`: each region token also sums the other region tokens of its image by
+  direction (soft learned sectors of the angle between the boxes), so a token carries what lies
+  to its left, right, above and below, and naming a relation needs one look at one token.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from torch import nn
 GEOMETRY = 5  # cx, cy, w, h, area — all as fractions of the image
 FREQUENCIES = (1, 2, 4, 8, 16)  # of the box embedding's sinusoids, in cycles per image
 ORDERS = ("score", "position")
+ANGLE_HARMONICS = 4  # of the direction between two regions, for the spatial context's gates
 
 
 def box_geometry(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
@@ -85,7 +89,8 @@ def box_sinusoids(geometry: torch.Tensor) -> torch.Tensor:
 
 
 class RegionTokens(nn.Module):
-    """Regions (V, D) → prefix tokens (B, slots, h): a two-layer projection per region."""
+    """Regions (V, D) → prefix tokens (B, slots, h): a two-layer projection per region (:attr:`project`),
+    placed in slots."""
 
     def __init__(self, region_dim: int, h: int, slots: int, order: str):
         super().__init__()
@@ -93,8 +98,47 @@ class RegionTokens(nn.Module):
         self.project = nn.Sequential(nn.Linear(region_dim, h), nn.Tanh(), nn.Linear(h, h))
         self.empty = nn.Parameter(torch.zeros(h))  # "no region here"
 
-    def forward(self, regions: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor,
+    def forward(self, node_tokens: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor,
                 n_images: int) -> torch.Tensor:
+        """``node_tokens``: every region already projected (:attr:`project`), (V, h)."""
         table = region_slots(node_batch, geometry, n_images, self.slots, self.order)  # (B, slots)
-        tokens = self.project(regions)[table.clamp_min(0)]  # (B, slots, h)
+        tokens = node_tokens[table.clamp_min(0)]  # (B, slots, h)
         return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens))
+
+
+def pair_direction(geometry: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    """:func:`edge_geometry` plus the centres' distance and the direction's angle θ as cos kθ, sin kθ
+    (k = 1..ANGLE_HARMONICS): (E, 5 + 2·ANGLE_HARMONICS). With these harmonics a gate can cut the
+    circle into sectors (GCN-LSTM bins directions by angle), which raw dx and dy make a gate learn
+    slowly: "left of" vs "above" is a comparison of |dx| with |dy|."""
+    relative = edge_geometry(geometry, edge_index)  # (E, 4)
+    dx, dy = relative[:, 0], relative[:, 1]
+    angle = torch.atan2(dy, dx)[:, None] * torch.arange(1, ANGLE_HARMONICS + 1, device=geometry.device)  # (E, k)
+    return torch.cat([relative, torch.hypot(dx, dy)[:, None], angle.cos(), angle.sin()], dim=-1)
+
+
+class SpatialContext(nn.Module):
+    """Each region token gathers the other regions of its image by direction, in the manner of
+    GCN-LSTM's spatial graph (Yao et al. 2018), with soft learned directions instead of fixed
+    angle bins: for every ordered pair (i, j) of an image, ``directions`` sigmoid gates of j's box
+    relative to i's weigh j's token into one sum per direction, which is added to i's token. A
+    token then says "red star; to my left: a yellow circle", so naming a relation needs one look
+    at the token of the object just described."""
+
+    def __init__(self, h: int, directions: int):
+        super().__init__()
+        self.directions = directions
+        self.gates = nn.Sequential(nn.Linear(4 + 1 + 2 * ANGLE_HARMONICS, h), nn.GELU(), nn.Linear(h, directions))
+        self.message = nn.Linear(h, h * directions)
+        self.out = nn.Linear(h * directions, h)
+
+    def forward(self, tokens: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+        """tokens (V, h) → tokens with their spatial context added (V, h)."""
+        same_image = node_batch[:, None] == node_batch[None, :]
+        same_image.fill_diagonal_(False)
+        i, j = same_image.nonzero().T  # (P,) every ordered pair of regions of one image
+        gates = torch.sigmoid(self.gates(pair_direction(geometry, torch.stack([j, i]))))  # (P, R): j seen from i
+        messages = self.message(tokens[j]).view(len(j), self.directions, -1) * gates[..., None]  # (P, R, h)
+        context = torch.zeros(len(tokens), *messages.shape[1:], dtype=tokens.dtype, device=tokens.device)
+        context.index_add_(0, i, messages)  # (V, R, h)
+        return tokens + self.out(context.flatten(1))

@@ -151,9 +151,9 @@ def check_mode(model: Captioner, cfg: TrainConfig, unlabelled: Unlabelled | None
     if cfg.mode == "text_only" and (model.cfg.regions or not model.cfg.normalize_clip or model.clip_tail):
         raise ValueError("train.mode text_only trains without images: it needs model.regions: false, "
                          "model.normalize_clip: true and no CLIP fine-tuning")
-    prefix = model.cfg.prefix_length + (model.cfg.region_tokens if model.region_tokens is not None else 0)
-    if prefix + cfg.max_tokens > model.gpt2.config.n_positions:
-        raise ValueError(f"model.prefix_length + model.region_tokens + train.max_tokens = {prefix + cfg.max_tokens} "
+    if model.prefix_tokens + cfg.max_tokens > model.gpt2.config.n_positions:
+        raise ValueError(f"model.prefix_length + model.region_tokens + train.max_tokens = "
+                         f"{model.prefix_tokens + cfg.max_tokens} "
                          f"exceeds GPT-2's {model.gpt2.config.n_positions} positions")
     if not 0 < cfg.labelled_fraction <= 1:
         raise ValueError(f"train.labelled_fraction: {cfg.labelled_fraction} is not in (0, 1]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +69,22 @@ def load_manifest(path: Path = MANIFEST) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write."""
+    """Atomic, strict JSON write: a NaN (a figure with nothing to measure, e.g. the accuracy of
+    relations when no caption states one) is written as null, which every JSON reader accepts."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(_nan_to_null(data), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
+
+
+def _nan_to_null(data: Any) -> Any:
+    if isinstance(data, float) and math.isnan(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _nan_to_null(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_nan_to_null(v) for v in data]
+    return data
 
 
 def _is_current(path: Path, kind: str, provenance: dict[str, Any], ids: list[str]) -> bool:
