@@ -29,7 +29,7 @@ class Variant:
 # every row states the region handling it uses, so rows stay what their label says whatever the
 # main model in params.yaml uses
 _PAPER = {"region_features": "detector", "prefix_regions": "mean", "region_token_skip": False, "box_embedding": False,
-          "edge_geometry": False}
+          "edge_geometry": False, "spatial_directions": 0}
 _PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
 _SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
@@ -66,7 +66,9 @@ VARIANTS: dict[str, Variant] = {
         ("local_detail_detector_only", "Local detail, detector region features only", {"region_features": "detector"},
          _FEATURE_KNN),
         ("local_detail_knn_center", "Local detail, KNN by box centres", {}, {"metric": "center"}),
-        ("local_detail_knn_both", "Local detail, KNN by features and centres", {}, {"metric": "both"}))},
+        ("local_detail_knn_both", "Local detail, KNN by features and centres", {}, {"metric": "both"}),
+        ("local_detail_spatial", "Local detail + spatial context (4 direction gates)", {"spatial_directions": 4},
+         _FEATURE_KNN))},
 }
 
 # columns of the table: (metrics.json key, header)
@@ -85,6 +87,10 @@ class AblationConfig:
     phase2_epochs: int = 5
     labelled_fraction: float = 0.1  # labelled_subset / semi_supervised: share of training images with captions
     scst_epochs: int = 2  # semi_supervised: SCST epochs on the other images
+
+    def __post_init__(self):
+        for name in self.variants:  # fail at load time, not an hour into `dvc repro`
+            variant(name)
 
 
 def variant(name: str) -> Variant:

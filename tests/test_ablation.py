@@ -18,7 +18,7 @@ def test_variants_change_only_switches_and_schedule():
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
         assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition",
                            "prefix_regions", "region_order", "region_token_skip", "box_embedding", "edge_geometry",
-                           "region_features"}
+                           "region_features", "spatial_directions"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (
@@ -27,8 +27,8 @@ def test_variants_change_only_switches_and_schedule():
     assert not any(variant("baseline").model[m] for m in modules) and all(variant("gat_msg").model[m] for m in modules)
     for name in ("baseline", "gat_msg"):  # the paper's rows keep the paper's regions whatever params.yaml says
         paper = variant_params(params, name, 0)
-        assert (paper.model.prefix_regions, paper.model.box_embedding, paper.model.region_features, paper.knn.metric) == (
-            "mean", False, "detector", "cosine")
+        assert (paper.model.prefix_regions, paper.model.box_embedding, paper.model.region_features,
+                paper.model.spatial_directions, paper.knn.metric) == ("mean", False, "detector", 0, "cosine")
     assert variant_params(params, "text_only", 0).train.mode == "text_only"
     assert not variant_params(params, "clip_prefix", 0).model.regions
     keywords = variant_params(params, "keyword_only", 0)
@@ -39,6 +39,14 @@ def test_variants_change_only_switches_and_schedule():
     assert variant_params(params, "gat_msg", 0).train.labelled_fraction == 1
     with pytest.raises(ValueError, match="ablation.variants: unknown variant 'gcn'"):
         variant("gcn")
+
+
+def test_an_unknown_variant_in_params_stops_loading(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("variants: [clip_prefix,", "variants: [tokens_geometry, clip_prefix,", 1))
+    with pytest.raises(ValueError, match="unknown variant 'tokens_geometry'"):
+        load_params(path)
 
 
 def test_table_has_mean_and_sample_std_over_seeds():

@@ -5,8 +5,7 @@ import torch
 
 from tests.test_model import _items, _model, changed_by_one_step
 from train.data import collate
-from train.regions import (ANGLE_HARMONICS, SpatialContext, box_geometry, box_sinusoids, edge_geometry,
-                           pair_direction, region_slots)
+from train.regions import SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots
 
 
 def test_box_geometry_is_relative_to_the_image():
@@ -64,18 +63,6 @@ def test_region_tokens_follow_the_paper_prefix_and_fill_empty_slots(tiny_languag
     assert [int((embeddings[b, 3:] == empty).all(dim=-1).sum()) for b in range(3)] == [1, 4, 0]
     paper = _model(tiny_language).eval()  # the same weights before the tokens: the paper's prefix is unchanged
     torch.testing.assert_close(embeddings[:, :3], paper.prefix(batch).embeddings)
-
-
-def test_pair_direction_gives_distance_and_angle_harmonics():
-    geometry = torch.tensor([[0.5, 0.5, 0.2, 0.2, 0.04], [0.8, 0.5, 0.2, 0.2, 0.04], [0.5, 0.1, 0.2, 0.2, 0.04]])
-    edges = torch.tensor([[1, 2], [0, 0]])  # what region 0 sees: 1 to its right, 2 above it (y grows downwards)
-    features = pair_direction(geometry, edges)
-    assert features.shape == (2, 5 + 2 * ANGLE_HARMONICS)
-    torch.testing.assert_close(features[:, 4], torch.tensor([0.3, 0.4]))  # distance of the centres
-    k = torch.arange(1, ANGLE_HARMONICS + 1)
-    torch.testing.assert_close(features[0, 5:], torch.cat([torch.ones(ANGLE_HARMONICS), torch.zeros(ANGLE_HARMONICS)]))
-    up = -torch.pi / 2 * k
-    torch.testing.assert_close(features[1, 5:], torch.cat([up.cos(), up.sin()]))
 
 
 def test_spatial_context_gathers_only_the_image_s_other_regions_by_their_relative_box():

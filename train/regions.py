@@ -13,7 +13,7 @@ Three optional pieces put that back:
   empty slots hold a learned "no region" embedding, so every prefix has the same length and
   needs no attention mask;
 - :class:`SpatialContext`: each region token also sums the other region tokens of its image by
-  direction (soft learned sectors of the angle between the boxes), so a token carries what lies
+  direction (soft learned gates of their relative box), so a token carries what lies
   to its left, right, above and below, and naming a relation needs one look at one token.
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ from torch import nn
 GEOMETRY = 5  # cx, cy, w, h, area — all as fractions of the image
 FREQUENCIES = (1, 2, 4, 8, 16)  # of the box embedding's sinusoids, in cycles per image
 ORDERS = ("score", "position")
-ANGLE_HARMONICS = 4  # of the direction between two regions, for the spatial context's gates
 
 
 def box_geometry(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
@@ -106,29 +105,19 @@ class RegionTokens(nn.Module):
         return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens))
 
 
-def pair_direction(geometry: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-    """:func:`edge_geometry` plus the centres' distance and the direction's angle θ as cos kθ, sin kθ
-    (k = 1..ANGLE_HARMONICS): (E, 5 + 2·ANGLE_HARMONICS). With these harmonics a gate can cut the
-    circle into sectors (GCN-LSTM bins directions by angle), which raw dx and dy make a gate learn
-    slowly: "left of" vs "above" is a comparison of |dx| with |dy|."""
-    relative = edge_geometry(geometry, edge_index)  # (E, 4)
-    dx, dy = relative[:, 0], relative[:, 1]
-    angle = torch.atan2(dy, dx)[:, None] * torch.arange(1, ANGLE_HARMONICS + 1, device=geometry.device)  # (E, k)
-    return torch.cat([relative, torch.hypot(dx, dy)[:, None], angle.cos(), angle.sin()], dim=-1)
-
-
 class SpatialContext(nn.Module):
     """Each region token gathers the other regions of its image by direction, in the manner of
     GCN-LSTM's spatial graph (Yao et al. 2018), with soft learned directions instead of fixed
     angle bins: for every ordered pair (i, j) of an image, ``directions`` sigmoid gates of j's box
-    relative to i's weigh j's token into one sum per direction, which is added to i's token. A
+    relative to i's (:func:`edge_geometry`; gates of the angle's harmonics measured worse) weigh
+    j's token into one sum per direction, which is added to i's token. A
     token then says "red star; to my left: a yellow circle", so naming a relation needs one look
     at the token of the object just described."""
 
     def __init__(self, h: int, directions: int):
         super().__init__()
         self.directions = directions
-        self.gates = nn.Sequential(nn.Linear(4 + 1 + 2 * ANGLE_HARMONICS, h), nn.GELU(), nn.Linear(h, directions))
+        self.gates = nn.Sequential(nn.Linear(4, h), nn.GELU(), nn.Linear(h, directions))
         self.message = nn.Linear(h, h * directions)
         self.out = nn.Linear(h * directions, h)
 
@@ -137,7 +126,7 @@ class SpatialContext(nn.Module):
         same_image = node_batch[:, None] == node_batch[None, :]
         same_image.fill_diagonal_(False)
         i, j = same_image.nonzero().T  # (P,) every ordered pair of regions of one image
-        gates = torch.sigmoid(self.gates(pair_direction(geometry, torch.stack([j, i]))))  # (P, R): j seen from i
+        gates = torch.sigmoid(self.gates(edge_geometry(geometry, torch.stack([j, i]))))  # (P, R): j seen from i
         messages = self.message(tokens[j]).view(len(j), self.directions, -1) * gates[..., None]  # (P, R, h)
         context = torch.zeros(len(tokens), *messages.shape[1:], dtype=tokens.dtype, device=tokens.device)
         context.index_add_(0, i, messages)  # (V, R, h)
