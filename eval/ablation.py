@@ -88,7 +88,7 @@ class AblationConfig:
     labelled_fraction: float = 0.1  # labelled_subset / semi_supervised: share of training images with captions
     scst_epochs: int = 2  # semi_supervised: SCST epochs on the other images
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in self.variants:  # fail at load time, not an hour into `dvc repro`
             variant(name)
 

@@ -21,7 +21,7 @@ from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
-from train.regions import BoxEmbedding, RegionTokens, SpatialContext, edge_geometry
+from train.regions import EDGE_GEOMETRY, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Captioner(nn.Module):
         _check_condition(cfg, dims)
         _check_regions(cfg)
         self.box_embedding = BoxEmbedding(dims.region) if cfg.box_embedding else None
-        edge_dim = cfg.gat_edge_weights + 4 * cfg.edge_geometry
+        edge_dim = cfg.gat_edge_weights + EDGE_GEOMETRY * cfg.edge_geometry
         self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
                                edge_dim) if cfg.gat else None)
         region_out = self.gat.out_dim if self.gat else dims.region

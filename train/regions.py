@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 GEOMETRY = 5  # cx, cy, w, h, area — all as fractions of the image
+EDGE_GEOMETRY = 4  # dx, dy, log width ratio, log height ratio (edge_geometry's columns)
 FREQUENCIES = (1, 2, 4, 8, 16)  # of the box embedding's sinusoids, in cycles per image
 ORDERS = ("score", "position")
 
@@ -38,7 +39,7 @@ def box_geometry(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
 
 
 def edge_geometry(geometry: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-    """Per edge (source j → target i): (cx_j - cx_i, cy_j - cy_i, log w_j/w_i, log h_j/h_i): (E, 4)."""
+    """Per edge (source j → target i): (cx_j - cx_i, cy_j - cy_i, log w_j/w_i, log h_j/h_i): (E, EDGE_GEOMETRY)."""
     src, dst = geometry[edge_index[0]], geometry[edge_index[1]]
     size_ratio = torch.log(src[:, 2:4].clamp_min(1e-4) / dst[:, 2:4].clamp_min(1e-4))
     return torch.cat([src[:, :2] - dst[:, :2], size_ratio], dim=-1)
@@ -117,7 +118,7 @@ class SpatialContext(nn.Module):
     def __init__(self, h: int, directions: int):
         super().__init__()
         self.directions = directions
-        self.gates = nn.Sequential(nn.Linear(4, h), nn.GELU(), nn.Linear(h, directions))
+        self.gates = nn.Sequential(nn.Linear(EDGE_GEOMETRY, h), nn.GELU(), nn.Linear(h, directions))
         self.message = nn.Linear(h, h * directions)
         self.out = nn.Linear(h * directions, h)
 
