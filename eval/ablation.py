@@ -22,14 +22,16 @@ class Variant:
     train: dict[str, Any] = field(default_factory=dict)  # train.* keys it sets
     decode: dict[str, Any] = field(default_factory=dict)  # evaluate.decode.* keys it sets
     knn: dict[str, Any] = field(default_factory=dict)  # knn.* keys it sets (its cell computes its own graphs)
+    loss: dict[str, Any] = field(default_factory=lambda: dict(_UNGROUNDED))  # train.loss.* keys it sets
     labelled_only: bool = False  # trains on ablation.labelled_fraction of the images' captions
     scst: bool = False  # ... then ablation.scst_epochs of SCST with a CLIP reward on the rest
 
 
+_UNGROUNDED = {"grounding_weight": 0.0}  # rows train without the grounding loss unless they say so
 # every row states the region handling it uses, so rows stay what their label says whatever the
 # main model in params.yaml uses
 _PAPER = {"region_features": "detector", "prefix_regions": "mean", "region_token_skip": False, "box_embedding": False,
-          "edge_geometry": False, "spatial_directions": 0}
+          "edge_geometry": False, "spatial_directions": 0, "spatial_context": "gates"}
 _PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
 _SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
@@ -39,6 +41,8 @@ _FEATURE_KNN = {"metric": "cosine"}  # the paper's graphs
 # beside the GAT's), box geometry and CLIP-crop features; the rows below take one piece away each
 _LOCAL = {**_SWITCHES["gat_msg"], "prefix_regions": "tokens", "region_order": "position", "region_token_skip": True,
           "box_embedding": True, "edge_geometry": True, "region_features": "both"}
+_GATES = {"spatial_directions": 4, "spatial_context": "gates"}  # spatial context: learned direction gates...
+_BINS = {"spatial_directions": 8, "spatial_context": "bins"}  # ... or GCN-LSTM's fixed 45° sectors
 VARIANTS: dict[str, Variant] = {
     "clip_prefix": Variant("CLIP-prefix (ClipCap: CLIP → MLP → GPT-2)", _PLAIN),
     "keyword_only": Variant("Keyword-only (top-k CLIP keywords → GPT-2, CLIP re-ranking)",
@@ -67,8 +71,11 @@ VARIANTS: dict[str, Variant] = {
          _FEATURE_KNN),
         ("local_detail_knn_center", "Local detail, KNN by box centres", {}, {"metric": "center"}),
         ("local_detail_knn_both", "Local detail, KNN by features and centres", {}, {"metric": "both"}),
-        ("local_detail_spatial", "Local detail + spatial context (4 direction gates)", {"spatial_directions": 4},
-         _FEATURE_KNN))},
+        ("local_detail_spatial", "Local detail + spatial context (4 direction gates)", _GATES, _FEATURE_KNN),
+        ("local_detail_bins", "Local detail + spatial context (8 angle bins)", _BINS, _FEATURE_KNN))},
+    "local_detail_grounded": Variant("Local detail + spatial context (8 angle bins) + grounding loss (main model)",
+                                     {**_LOCAL, **_BINS}, knn=_FEATURE_KNN,
+                                     loss={"grounding_weight": 1.0, "grounding_heads": 2}),
 }
 
 # columns of the table: (metrics.json key, header)

@@ -17,6 +17,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageDraw
 from tqdm import tqdm
@@ -175,6 +176,27 @@ def make_captions(objects: list[WorldObject], scene: str, rng: random.Random) ->
         f"{count} {noun} {where}: {_listing(left_to_right, with_size=False)}",
         f"{where} there is {rel_plain}",
     ]
+
+
+def ground_caption(caption: str, objects: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, list[list[int]]]]:
+    """Phrase groundings of a (normalised) caption, in the manner of Flickr30k Entities: each
+    object mention "[size] <colour> <shape>" as (first word, end word, boxes of the image's
+    objects it fits), word indices over ``caption.split()``. A mention that fits several objects
+    (two red circles, no size said) is grounded to all of them."""
+    words, phrases, k = caption.split(), [], 0
+    while k < len(words):
+        size = words[k] if words[k] in SIZES else None
+        first = k + (size is not None)  # the colour word
+        colour, shape = (words[first:first + 2] + [None, None])[:2]
+        if colour in COLORS and shape in SHAPES:
+            end = first + 2
+            boxes = [list(o["box"]) for o in objects
+                     if (o["color"], o["shape"]) == (colour, shape) and size in (None, o["size"])]
+            phrases.append((k, end, boxes))
+            k = end
+        else:
+            k += 1
+    return phrases
 
 
 def render_image(objects: list[WorldObject], scene: str, cfg: WorldConfig, rng: random.Random) -> Image.Image:

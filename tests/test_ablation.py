@@ -18,7 +18,7 @@ def test_variants_change_only_switches_and_schedule():
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
         assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition",
                            "prefix_regions", "region_order", "region_token_skip", "box_embedding", "edge_geometry",
-                           "region_features", "spatial_directions"}
+                           "region_features", "spatial_directions", "spatial_context"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (
@@ -29,6 +29,11 @@ def test_variants_change_only_switches_and_schedule():
         paper = variant_params(params, name, 0)
         assert (paper.model.prefix_regions, paper.model.box_embedding, paper.model.region_features,
                 paper.model.spatial_directions, paper.knn.metric) == ("mean", False, "detector", 0, "cosine")
+    grounded = {name for name in VARIANTS if variant_params(params, name, 0).train.loss.grounding_weight > 0}
+    assert grounded == {"local_detail_grounded"}  # no other row trains with the grounding loss, whatever params.yaml says
+    main = variant_params(params, "local_detail_grounded", 0)
+    assert (main.model.spatial_context, main.model.spatial_directions, main.train.loss.grounding_heads) == ("bins", 8, 2)
+    assert variant_params(params, "local_detail_spatial", 0).model.spatial_context == "gates"
     assert variant_params(params, "text_only", 0).train.mode == "text_only"
     assert not variant_params(params, "clip_prefix", 0).model.regions
     keywords = variant_params(params, "keyword_only", 0)

@@ -5,6 +5,8 @@ Nothing here opens HDF5 files by hand: :class:`CachedFeatures` reads through the
 """
 from __future__ import annotations
 
+import re
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.ops import box_iou
 from transformers import PreTrainedTokenizerBase
 
 from features.store import FeatureReader
@@ -108,16 +111,53 @@ def labelled_split(indices: list[int], fraction: float, seed: int) -> tuple[list
     return [indices[i] for i in sorted(order[:n])], [indices[i] for i in sorted(order[n:])]
 
 
+# A phrase grounding (Flickr30k Entities style): (first word, end word, boxes (x0, y0, x1, y1) in
+# pixels of the objects the phrase names), word indices over the caption's whitespace words
+Grounding = tuple[int, int, Sequence[Sequence[float]]]
+GROUNDING_IOU = 0.5  # a region shows a grounded object when their boxes overlap this much
+
+
+def token_phrases(tokenizer: PreTrainedTokenizerBase, caption: str, phrases: Sequence[Grounding],
+                  n_tokens: int) -> np.ndarray:
+    """For each of the caption's first ``n_tokens`` tokens, the index of the phrase it is grounded
+    to: the latest phrase begun at or before the token's word, so the words after a mention (a
+    relation, the next mention's article) stay with the object just named. -1: none yet (or EOS)."""
+    word_ends = [m.end() for m in re.finditer(r"\S+", caption)]
+    offsets = tokenizer(caption, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    firsts = np.asarray([p[0] for p in phrases], dtype=np.int64)
+    out = np.full(n_tokens, -1, dtype=np.int32)
+    for t, (_, end) in enumerate(offsets[:n_tokens]):
+        begun = np.flatnonzero(firsts <= bisect_left(word_ends, end))  # the word holding the token's last character
+        if len(begun):
+            out[t] = begun[-1]
+    return out
+
+
 class CaptionPairs(Dataset):
     """One item per (image, reference caption) pair of the given images: the training set. The
-    index is a few numpy arrays (no Python object per pair), so it stays small at COCO scale."""
+    index is a few numpy arrays (no Python object per pair), so it stays small at COCO scale.
+
+    With ``groundings`` (per image, per caption, its phrases), each item also says which of its
+    image's regions every token is grounded to (``ground``, (T, N) bool: the regions whose box
+    overlaps a box of the token's phrase by IoU ≥ GROUNDING_IOU), for the grounding loss."""
 
     def __init__(self, features: CachedFeatures, indices: list[int], captions: list[list[str]],
-                 tokenizer: PreTrainedTokenizerBase, max_tokens: int):
+                 tokenizer: PreTrainedTokenizerBase, max_tokens: int,
+                 groundings: list[list[Sequence[Grounding]]] | None = None):
         self.features = features
         self.image = np.repeat(np.asarray(indices, dtype=np.int64), [len(c) for c in captions])  # (P,)
         self.caption = np.concatenate([np.arange(len(c)) for c in captions]) if captions else np.zeros(0, np.int64)
-        self.tokens, self.offsets = tokenize_captions(tokenizer, [t for caps in captions for t in caps], max_tokens)
+        texts = [t for caps in captions for t in caps]
+        self.tokens, self.offsets = tokenize_captions(tokenizer, texts, max_tokens)
+        self.token_phrase, self.phrase_boxes = None, []  # (total tokens,) into phrase_boxes, -1: none
+        if groundings is not None:
+            phrases = [p for caps in groundings for p in caps]
+            self.token_phrase = np.full(len(self.tokens), -1, dtype=np.int32)
+            for k, (text, caption_phrases) in enumerate(zip(texts, phrases)):
+                local = token_phrases(tokenizer, text, caption_phrases, self.offsets[k + 1] - self.offsets[k])
+                self.token_phrase[self.offsets[k]:self.offsets[k + 1]] = np.where(
+                    local >= 0, local + len(self.phrase_boxes), -1)
+                self.phrase_boxes += [torch.tensor(boxes, dtype=torch.float32).view(-1, 4) for _, _, boxes in caption_phrases]
 
     def __len__(self) -> int:
         return len(self.image)
@@ -132,7 +172,18 @@ class CaptionPairs(Dataset):
             item["text"] = item.pop("caption_text")[self.caption[k]]
             item["tokens"] = self.tokens[self.offsets[k]:self.offsets[k + 1]]
             item["index"] = int(self.image[k])
+            if self.token_phrase is not None:
+                item["ground"] = self.ground(self.token_phrase[self.offsets[k]:self.offsets[k + 1]], item["boxes"])
         return items
+
+    def ground(self, token_phrase: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """(T, N): token t is grounded to region n."""
+        ground = np.zeros((len(token_phrase), len(boxes)), dtype=bool)
+        regions = torch.from_numpy(boxes).float()
+        for p in np.unique(token_phrase[token_phrase >= 0]):
+            shows = (box_iou(regions, self.phrase_boxes[p]) >= GROUNDING_IOU).any(dim=1).numpy()  # (N,)
+            ground[token_phrase == p] = shows
+        return ground
 
 
 class Images(Dataset):
@@ -199,6 +250,11 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
         batch["clip_tokens"] = torch.from_numpy(np.stack([it["clip_tokens"] for it in items]))  # (B, L, width)
     if "tokens" in items[0]:
         batch["tokens"], batch["mask"] = pad_tokens([it["tokens"] for it in items], pad_id)
+    if "ground" in items[0]:  # token t of caption b is grounded to node v of the batch: (B, T, V)
+        ground = torch.zeros(*batch["tokens"].shape, len(batch["x"]), dtype=torch.bool)
+        for b, (it, offset) in enumerate(zip(items, offsets)):
+            ground[b, :len(it["ground"]), offset:offset + counts[b]] = torch.from_numpy(it["ground"])
+        batch["ground"] = ground
     return batch
 
 

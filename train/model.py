@@ -21,7 +21,7 @@ from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
-from train.regions import EDGE_GEOMETRY, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry
+from train.regions import EDGE_GEOMETRY, SPATIAL_MODES, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class ModelConfig:
     region_tokens: int = 10  # tokens: regions given their own token (the rest are left out)
     region_order: str = "score"  # tokens: score (the detector's order) | position (left to right, then top down)
     region_token_skip: bool = False  # tokens: each token also reads its region's own feature beside the GAT's output
-    spatial_directions: int = 0  # tokens: each token adds the image's other region tokens through N learned direction gates
+    spatial_directions: int = 0  # tokens: each token adds the image's other region tokens, summed per direction (N)
+    spatial_context: str = "gates"  # gates (N learned gates of the relative box) | bins (N fixed angle sectors)
     box_embedding: bool = False  # add an embedding of each region's normalised box to its feature
     edge_geometry: bool = False  # relative box geometry as GAT edge attributes (beside the edge weight)
 
@@ -81,6 +82,7 @@ class Prefix:
     gate: torch.Tensor | None  # (B, d) local gate activations, for L_gate
     scene_attention: torch.Tensor | None  # (B, S)
     keyword_ids: torch.Tensor | None = None  # (B, k) condition keywords: the keywords GPT-2 was given
+    region_slots: torch.Tensor | None = None  # (B, slots) region tokens: the node in each slot (-1: empty)
 
 
 CONDITIONS = ("image", "keywords")
@@ -134,7 +136,8 @@ class Captioner(nn.Module):
         token_dim = region_out + dims.region * self.token_skip
         self.region_tokens = (RegionTokens(token_dim, h, cfg.region_tokens, cfg.region_order)
                               if cfg.prefix_regions == "tokens" else None)
-        self.spatial_context = SpatialContext(h, cfg.spatial_directions) if cfg.spatial_directions else None
+        self.spatial_context = (SpatialContext(h, cfg.spatial_directions, cfg.spatial_context)
+                                if cfg.spatial_directions else None)
 
     @property
     def prefix_tokens(self) -> int:
@@ -169,8 +172,9 @@ class Captioner(nn.Module):
             node_tokens = self.region_tokens.project(token_input)  # (V, h)
             if self.spatial_context is not None:
                 node_tokens = self.spatial_context(node_tokens, batch["node_batch"], batch["geometry"])
-            tokens = self.region_tokens(node_tokens, batch["node_batch"], batch["geometry"], clip.shape[0])
+            tokens, slots = self.region_tokens(node_tokens, batch["node_batch"], batch["geometry"], clip.shape[0])
             embeddings = torch.cat([embeddings, tokens], dim=1)  # (B, L_p + slots, h)
+            return Prefix(embeddings, fused, gate, scene_attention, region_slots=slots)
         return Prefix(embeddings, fused, gate, scene_attention)
 
     def keyword_prefix(self, clip: torch.Tensor) -> Prefix:
@@ -212,10 +216,20 @@ class Captioner(nn.Module):
 
     def caption_logits(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: prefix (B, L_p, h), tokens/mask (B, T) → logits for the tokens (B, T, V)."""
+        return self.caption_forward(prefix, tokens, mask)[0]
+
+    def caption_forward(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                        return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`caption_logits`, and with ``return_attention`` the last GPT-2 layer's attention
+        from each token to each prefix position (B, heads, T, L_p) (token t as input: it predicts t + 1)."""
+        if return_attention and self.gpt2.config._attn_implementation != "eager":
+            self.gpt2.set_attn_implementation("eager")  # only the eager implementation returns attention weights
         embeds = torch.cat([prefix, self.gpt2.transformer.wte(tokens)], dim=1)
         attention = torch.cat([torch.ones(prefix.shape[:2], dtype=mask.dtype, device=mask.device), mask], dim=1)
-        logits = self.gpt2(inputs_embeds=embeds, attention_mask=attention).logits
-        return logits[:, prefix.shape[1] - 1:-1]  # position t predicts token t
+        out = self.gpt2(inputs_embeds=embeds, attention_mask=attention, output_attentions=return_attention)
+        p = prefix.shape[1]
+        weights = out.attentions[-1][:, :, p:, :p] if return_attention else None
+        return out.logits[:, p - 1:-1], weights  # position t predicts token t
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
         """One self-describing folder: config.json, weights.safetensors, gpt2/ (with tokenizer).
@@ -250,6 +264,8 @@ def _check_regions(cfg: ModelConfig) -> None:
     if cfg.spatial_directions and cfg.prefix_regions != "tokens":
         raise ValueError(f"model.spatial_directions: {cfg.spatial_directions} needs prefix_regions tokens "
                          "(the context is added to region tokens)")
+    if cfg.spatial_context not in SPATIAL_MODES:
+        raise ValueError(f"model.spatial_context: unknown {cfg.spatial_context!r}; known: {SPATIAL_MODES}")
     if cfg.prefix_regions == "tokens" and cfg.region_tokens < 1:
         raise ValueError(f"model.region_tokens: {cfg.region_tokens} (need at least 1)")
 

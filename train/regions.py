@@ -40,7 +40,11 @@ def box_geometry(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
 
 def edge_geometry(geometry: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
     """Per edge (source j → target i): (cx_j - cx_i, cy_j - cy_i, log w_j/w_i, log h_j/h_i): (E, EDGE_GEOMETRY)."""
-    src, dst = geometry[edge_index[0]], geometry[edge_index[1]]
+    return relative_box(geometry[edge_index[0]], geometry[edge_index[1]])
+
+
+def relative_box(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Box geometry (E, GEOMETRY) of src as seen from dst: (E, EDGE_GEOMETRY), as :func:`edge_geometry`."""
     size_ratio = torch.log(src[:, 2:4].clamp_min(1e-4) / dst[:, 2:4].clamp_min(1e-4))
     return torch.cat([src[:, :2] - dst[:, :2], size_ratio], dim=-1)
 
@@ -99,36 +103,68 @@ class RegionTokens(nn.Module):
         self.empty = nn.Parameter(torch.zeros(h))  # "no region here"
 
     def forward(self, node_tokens: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor,
-                n_images: int) -> torch.Tensor:
-        """``node_tokens``: every region already projected (:attr:`project`), (V, h)."""
+                n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``node_tokens``: every region already projected (:attr:`project`), (V, h). Returns the
+        tokens (B, slots, h) and which node fills each slot (B, slots), -1 for an empty one."""
         table = region_slots(node_batch, geometry, n_images, self.slots, self.order)  # (B, slots)
         tokens = node_tokens[table.clamp_min(0)]  # (B, slots, h)
-        return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens))
+        return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens)), table
+
+
+SPATIAL_MODES = ("gates", "bins")
 
 
 class SpatialContext(nn.Module):
-    """Each region token gathers the other regions of its image by direction, in the manner of
-    GCN-LSTM's spatial graph (Yao et al. 2018), with soft learned directions instead of fixed
-    angle bins: for every ordered pair (i, j) of an image, ``directions`` sigmoid gates of j's box
-    relative to i's (:func:`edge_geometry`; gates of the angle's harmonics measured worse) weigh
-    j's token into one sum per direction, which is added to i's token. A
-    token then says "red star; to my left: a yellow circle", so naming a relation needs one look
-    at the token of the object just described."""
+    """Each region token gathers the other regions of its image by direction, after GCN-LSTM's
+    spatial graph (Yao et al. 2018): for every ordered pair (i, j) of an image, j's token is
+    weighed into one sum per direction by j's box relative to i's, and the sums are added to i's
+    token. A token then says "red star; to my left: a yellow circle", so naming a relation needs
+    one look at the token of the object just described. The directions are
 
-    def __init__(self, h: int, directions: int):
+    - ``bins``: GCN-LSTM's fixed classes — boxes overlapping by IoU ≥ OVERLAP_IOU (in this
+      pipeline mostly a second detection of the same object) in a class of their own, the others
+      by the angle of j's centre seen from i's, in ``directions`` equal sectors starting at 0°
+      (8: 45° each);
+    - ``gates``: ``directions`` learned sigmoid gates of the relative box (:func:`edge_geometry`)."""
+
+    OVERLAP_IOU = 0.5
+
+    def __init__(self, h: int, directions: int, mode: str = "gates"):
         super().__init__()
-        self.directions = directions
-        self.gates = nn.Sequential(nn.Linear(EDGE_GEOMETRY, h), nn.GELU(), nn.Linear(h, directions))
-        self.message = nn.Linear(h, h * directions)
-        self.out = nn.Linear(h * directions, h)
+        if mode not in SPATIAL_MODES:
+            raise ValueError(f"model.spatial_context: unknown {mode!r}; known: {SPATIAL_MODES}")
+        self.directions, self.mode = directions, mode
+        self.classes = directions + (mode == "bins")  # bins: + the overlap class
+        self.gates = (nn.Sequential(nn.Linear(EDGE_GEOMETRY, h), nn.GELU(), nn.Linear(h, directions))
+                      if mode == "gates" else None)
+        self.message = nn.Linear(h, h * self.classes)
+        self.out = nn.Linear(h * self.classes, h)
 
     def forward(self, tokens: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
         """tokens (V, h) → tokens with their spatial context added (V, h)."""
         same_image = node_batch[:, None] == node_batch[None, :]
         same_image.fill_diagonal_(False)
         i, j = same_image.nonzero().T  # (P,) every ordered pair of regions of one image
-        gates = torch.sigmoid(self.gates(edge_geometry(geometry, torch.stack([j, i]))))  # (P, R): j seen from i
-        messages = self.message(tokens[j]).view(len(j), self.directions, -1) * gates[..., None]  # (P, R, h)
+        weights = self.class_weights(geometry[i], geometry[j])  # (P, R): j seen from i
+        messages = self.message(tokens[j]).view(len(j), self.classes, -1) * weights[..., None]  # (P, R, h)
         context = torch.zeros(len(tokens), *messages.shape[1:], dtype=tokens.dtype, device=tokens.device)
         context.index_add_(0, i, messages)  # (V, R, h)
         return tokens + self.out(context.flatten(1))
+
+    def class_weights(self, seen_from: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """Box geometry (P, GEOMETRY) of each pair's two regions → the pair's weight per class (P, R)."""
+        relative = relative_box(seen, seen_from)  # (P, EDGE_GEOMETRY)
+        if self.gates is not None:
+            return torch.sigmoid(self.gates(relative))
+        angle = torch.atan2(-relative[:, 1], relative[:, 0])  # counter-clockwise from +x; image y points down
+        sector = torch.floor(angle / (2 * math.pi / self.directions)).long() % self.directions
+        sector = torch.where(pair_iou(seen_from, seen) >= self.OVERLAP_IOU, self.directions, sector)
+        return nn.functional.one_hot(sector, self.classes).to(relative.dtype)
+
+
+def pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of box a[k] with box b[k], both as geometry (cx, cy, w, h, ...): (P,)."""
+    low = torch.maximum(a[:, :2] - a[:, 2:4] / 2, b[:, :2] - b[:, 2:4] / 2)
+    high = torch.minimum(a[:, :2] + a[:, 2:4] / 2, b[:, :2] + b[:, 2:4] / 2)
+    inter = (high - low).clamp_min(0).prod(dim=1)
+    return inter / (a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter).clamp_min(1e-9)

@@ -31,7 +31,8 @@ def variant_params(params: Params, name: str, seed: int) -> Params:
         semi["scst_epochs"] = schedule.scst_epochs
     model = dataclasses.replace(params.model, **row.model)
     train = dataclasses.replace(params.train, **row.train, **semi, seed=seed, phase1_epochs=schedule.phase1_epochs,
-                                phase2_epochs=schedule.phase2_epochs)
+                                phase2_epochs=schedule.phase2_epochs,
+                                loss=dataclasses.replace(params.train.loss, **row.loss))
     decode = dataclasses.replace(params.evaluate.decode, **row.decode)
     return dataclasses.replace(params, model=model, train=train, knn=dataclasses.replace(params.knn, **row.knn),
                                evaluate=dataclasses.replace(params.evaluate, decode=decode))

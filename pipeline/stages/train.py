@@ -17,9 +17,10 @@ from features.keywords import selectable_keywords
 from features.store import read_bank
 from pipeline.params import Params
 from pipeline.provenance import expected, keyword_bank
+from pipeline.world import ground_caption
 from pipeline.runtime import device_of
 from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder, write_json
-from train.data import CaptionPairs, Images, labelled_split
+from train.data import CaptionPairs, Grounding, Images, labelled_split
 from train.decode import DecodeConfig, caption_images
 from train.distributed import World, process_group
 from train.model import Captioner, FeatureDims, load_gpt2
@@ -75,7 +76,7 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
         unlabelled = Unlabelled(Images(without_captions, unlabelled_idx), text_encoder(params, device))
 
     train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
-                             params.train.max_tokens)
+                             params.train.max_tokens, groundings(params, [images[i] for i in train_idx]))
     val_idx = split_indices(manifest, "val", features, params.train.val_images)
     val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["captions"] for i in val_idx}
     greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
@@ -90,6 +91,19 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
                                              code], sort_keys=True).encode()).hexdigest()
     return train(model, train_set, params.train, out, live_dir, scorer, "CIDEr_greedy", device, extra,
                  checkpoint=checkpoint, fingerprint=fingerprint, world=world, unlabelled=unlabelled)
+
+
+def groundings(params: Params, images: list[dict]) -> list[list[list[Grounding]]] | None:
+    """Phrase groundings of every caption, for the grounding loss (else None). Only the demo world
+    has them here (read from its ground truth); a data set with phrase-box annotations (Flickr30k
+    Entities) would supply them in the same form."""
+    if params.train.loss.grounding_weight <= 0:
+        return None
+    for image in images:
+        if "objects" not in image.get("extra", {}):
+            raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
+                             "(only the demo world's images have them: set the weight to 0)")
+    return [[ground_caption(c, image["extra"]["objects"]) for c in image["captions"]] for image in images]
 
 
 if __name__ == "__main__":
