@@ -73,8 +73,8 @@ VARIANTS: dict[str, Variant] = {
         ("local_detail_knn_both", "Local detail, KNN by features and centres", {}, {"metric": "both"}),
         ("local_detail_spatial", "Local detail + spatial context (4 direction gates)", _GATES, _FEATURE_KNN),
         ("local_detail_bins", "Local detail + spatial context (8 angle bins)", _BINS, _FEATURE_KNN))},
-    "local_detail_grounded": Variant("Local detail + spatial context (8 angle bins) + grounding loss (main model)",
-                                     {**_LOCAL, **_BINS}, knn=_FEATURE_KNN,
+    "local_detail_grounded": Variant("Local detail + spatial context (4 direction gates) + grounding loss (main model)",
+                                     {**_LOCAL, **_GATES}, knn=_FEATURE_KNN,
                                      loss={"grounding_weight": 1.0, "grounding_heads": 2}),
 }
 

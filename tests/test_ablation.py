@@ -32,7 +32,8 @@ def test_variants_change_only_switches_and_schedule():
     grounded = {name for name in VARIANTS if variant_params(params, name, 0).train.loss.grounding_weight > 0}
     assert grounded == {"local_detail_grounded"}  # no other row trains with the grounding loss, whatever params.yaml says
     main = variant_params(params, "local_detail_grounded", 0)
-    assert (main.model.spatial_context, main.model.spatial_directions, main.train.loss.grounding_heads) == ("bins", 8, 2)
+    assert (main.model.spatial_context, main.model.spatial_directions, main.train.loss.grounding_heads) == ("gates", 4, 2)
+    assert variant_params(params, "local_detail_bins", 0).model.spatial_context == "bins"
     assert variant_params(params, "local_detail_spatial", 0).model.spatial_context == "gates"
     assert variant_params(params, "text_only", 0).train.mode == "text_only"
     assert not variant_params(params, "clip_prefix", 0).model.regions
