@@ -180,9 +180,10 @@ def make_captions(objects: list[WorldObject], scene: str, rng: random.Random) ->
 
 def ground_caption(caption: str, objects: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, list[list[int]]]]:
     """Phrase groundings of a (normalised) caption, in the manner of Flickr30k Entities: each
-    object mention "[size] <colour> <shape>" as (first word, end word, boxes of the image's
-    objects it fits), word indices over ``caption.split()``. A mention that fits several objects
-    (two red circles, no size said) is grounded to all of them."""
+    object mention "[a] [size] <colour> <shape>" (its article included, as Entities' phrases
+    include theirs) as (first word, end word, boxes of the image's objects it fits), word indices
+    over ``caption.split()``. A mention that fits several objects (two red circles, no size said)
+    is grounded to all of them."""
     words, phrases, k = caption.split(), [], 0
     while k < len(words):
         size = words[k] if words[k] in SIZES else None
@@ -192,7 +193,7 @@ def ground_caption(caption: str, objects: Sequence[Mapping[str, Any]]) -> list[t
             end = first + 2
             boxes = [list(o["box"]) for o in objects
                      if (o["color"], o["shape"]) == (colour, shape) and size in (None, o["size"])]
-            phrases.append((k, end, boxes))
+            phrases.append((k - (k > 0 and words[k - 1] in ("a", "an")), end, boxes))
             k = end
         else:
             k += 1

@@ -22,9 +22,10 @@ CAPTION = "a small green triangle to the left of a large purple star in the fore
 
 def test_the_world_grounds_each_mention_to_the_objects_it_fits():
     caption = "a large red circle to the left of a small blue square in the city"
-    assert ground_caption(caption, OBJECTS) == [(1, 4, [RED_LARGE]), (9, 12, [BLUE])]
-    assert ground_caption("a red circle and a blue square", OBJECTS) == [(1, 3, [RED_LARGE, RED_SMALL]), (5, 7, [BLUE])]
-    assert ground_caption("a green star in the snow", OBJECTS) == [(1, 3, [])]  # names nothing shown: no target
+    assert ground_caption(caption, OBJECTS) == [(0, 4, [RED_LARGE]), (8, 12, [BLUE])]  # articles included
+    assert ground_caption("a red circle and a blue square", OBJECTS) == [(0, 3, [RED_LARGE, RED_SMALL]), (4, 7, [BLUE])]
+    assert ground_caption("a green star in the snow", OBJECTS) == [(0, 3, [])]  # names nothing shown: no target
+    assert ground_caption("in the city there is a red circle", OBJECTS)[0][0] == 5
     assert ground_caption("two shapes in the city", OBJECTS) == []
 
 

@@ -72,14 +72,14 @@ def test_spatial_context_gathers_only_the_image_s_other_regions_by_their_relativ
     geometry = torch.rand(4, 5)
     tokens = torch.randn(4, 8)
     out = context(tokens, node_batch, geometry)
-    torch.testing.assert_close(out[3], tokens[3] + context.out.bias)  # an empty context
+    torch.testing.assert_close(out[3], context.out.bias)  # an empty context
     moved = geometry.clone()
     moved[1, :2] += 0.3  # region 1 moves: what regions 0 and 2 see of it changes, and what it sees of them
     changed = ~torch.isclose(context(tokens, node_batch, moved), out).all(dim=-1)
     assert changed.tolist() == [True, True, True, False]
     other = tokens.clone()
     other[2] += 1.0  # region 2 looks different: its neighbours' contexts change, its own does not
-    changed = ~torch.isclose(context(other, node_batch, geometry) - other, out - tokens).all(dim=-1)
+    changed = ~torch.isclose(context(other, node_batch, geometry), out).all(dim=-1)
     assert changed.tolist() == [True, True, False, False]
 
 
@@ -88,6 +88,23 @@ def test_spatial_context_reaches_the_prefix_and_trains(tiny_language):
     batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     assert {"spatial_context.gates.0.weight", "spatial_context.message.weight", "spatial_context.out.weight"} <= \
         changed_by_one_step(model.train(), batch)
+
+
+def test_spatial_tokens_keep_each_region_s_own_token_free_of_its_context(tiny_language):
+    added = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4).eval()
+    apart = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4,
+                   spatial_tokens=True).eval()  # the same weights: no module is added
+    plain = _model(tiny_language, prefix_regions="tokens", region_tokens=4).eval()
+    batch = collate(_items(n=3, tokenizer=added.tokenizer), pad_id=added.tokenizer.pad_token_id)
+    prefix = apart.prefix(batch)
+    assert apart.prefix_tokens == prefix.embeddings.shape[1] == 3 + 2 * 4
+    own, around = prefix.embeddings[:, 3:7], prefix.embeddings[:, 7:]
+    torch.testing.assert_close(own, plain.prefix(batch).embeddings[:, 3:])  # identity only
+    torch.testing.assert_close(own + around, added.prefix(batch).embeddings[:, 3:] + apart.region_tokens.empty
+                               * (prefix.region_slots[:, 4:] < 0)[..., None])  # empty slots hold "no region" twice
+    assert torch.equal(prefix.region_slots[:, :4], prefix.region_slots[:, 4:])  # a node fills both of its slots
+    with pytest.raises(ValueError, match="model.spatial_tokens needs model.spatial_directions"):
+        _model(tiny_language, prefix_regions="tokens", spatial_tokens=True)
 
 
 def _moved(batch: dict, node: int, dx: float) -> dict:

@@ -49,6 +49,7 @@ class ModelConfig:
     region_token_skip: bool = False  # tokens: each token also reads its region's own feature beside the GAT's output
     spatial_directions: int = 0  # tokens: each token adds the image's other region tokens, summed per direction (N)
     spatial_context: str = "gates"  # gates (N learned gates of the relative box) | bins (N fixed angle sectors)
+    spatial_tokens: bool = False  # the spatial context gets a second token per region instead of joining its own
     box_embedding: bool = False  # add an embedding of each region's normalised box to its feature
     edge_geometry: bool = False  # relative box geometry as GAT edge attributes (beside the edge weight)
 
@@ -142,7 +143,8 @@ class Captioner(nn.Module):
     @property
     def prefix_tokens(self) -> int:
         """Length of every prefix: the mapped tokens, then the region tokens."""
-        return self.cfg.prefix_length + (self.region_tokens.slots if self.region_tokens else 0)
+        slots = self.region_tokens.slots * (1 + self.cfg.spatial_tokens) if self.region_tokens else 0
+        return self.cfg.prefix_length + slots
 
     def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
         if self.cfg.condition == "keywords":
@@ -170,12 +172,25 @@ class Captioner(nn.Module):
         if self.region_tokens is not None:  # the paper's prefix, then one token per region
             token_input = torch.cat([raw, regions], dim=-1) if self.token_skip else regions
             node_tokens = self.region_tokens.project(token_input)  # (V, h)
-            if self.spatial_context is not None:
-                node_tokens = self.spatial_context(node_tokens, batch["node_batch"], batch["geometry"])
-            tokens, slots = self.region_tokens(node_tokens, batch["node_batch"], batch["geometry"], clip.shape[0])
-            embeddings = torch.cat([embeddings, tokens], dim=1)  # (B, L_p + slots, h)
+            tokens, slots = self.place_region_tokens(node_tokens, batch, clip.shape[0])  # (B, S, h), (B, S)
+            embeddings = torch.cat([embeddings, tokens], dim=1)  # (B, L_p + S, h)
             return Prefix(embeddings, fused, gate, scene_attention, region_slots=slots)
         return Prefix(embeddings, fused, gate, scene_attention)
+
+    def place_region_tokens(self, node_tokens: torch.Tensor, batch: dict[str, torch.Tensor],
+                            n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Region tokens (V, h) with their spatial context, in slots: (B, S, h) and the node of
+        each slot (B, S). With ``spatial_tokens`` the slots are the regions' own tokens, then as
+        many context tokens in the same order (S = 2 × region_tokens), a node filling both of its slots."""
+        node_batch, geometry = batch["node_batch"], batch["geometry"]
+        if self.spatial_context is None:
+            return self.region_tokens(node_tokens, node_batch, geometry, n_images)
+        context = self.spatial_context(node_tokens, node_batch, geometry)  # (V, h)
+        if not self.cfg.spatial_tokens:
+            return self.region_tokens(node_tokens + context, node_batch, geometry, n_images)
+        own, slots = self.region_tokens(node_tokens, node_batch, geometry, n_images)
+        around, _ = self.region_tokens(context, node_batch, geometry, n_images)
+        return torch.cat([own, around], dim=1), torch.cat([slots, slots], dim=1)
 
     def keyword_prefix(self, clip: torch.Tensor) -> Prefix:
         """Keyword-only generation: the image picks its top-k keywords by CLIP image-text cosine
@@ -264,6 +279,8 @@ def _check_regions(cfg: ModelConfig) -> None:
     if cfg.spatial_directions and cfg.prefix_regions != "tokens":
         raise ValueError(f"model.spatial_directions: {cfg.spatial_directions} needs prefix_regions tokens "
                          "(the context is added to region tokens)")
+    if cfg.spatial_tokens and not cfg.spatial_directions:
+        raise ValueError("model.spatial_tokens needs model.spatial_directions > 0 (the context its tokens hold)")
     if cfg.spatial_context not in SPATIAL_MODES:
         raise ValueError(f"model.spatial_context: unknown {cfg.spatial_context!r}; known: {SPATIAL_MODES}")
     if cfg.prefix_regions == "tokens" and cfg.region_tokens < 1:

@@ -14,7 +14,9 @@ Three optional pieces put that back:
   needs no attention mask;
 - :class:`SpatialContext`: each region token also sums the other region tokens of its image by
   direction (soft learned gates of their relative box), so a token carries what lies
-  to its left, right, above and below, and naming a relation needs one look at one token.
+  to its left, right, above and below, and naming a relation needs one look at one token
+  (or, with ``model.spatial_tokens``, sits in a second token per region, so that the region's own
+  token keeps only what it is).
 """
 from __future__ import annotations
 
@@ -141,7 +143,7 @@ class SpatialContext(nn.Module):
         self.out = nn.Linear(h * self.classes, h)
 
     def forward(self, tokens: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
-        """tokens (V, h) → tokens with their spatial context added (V, h)."""
+        """tokens (V, h) → each token's spatial context (V, h), to add to it or to give a token of its own."""
         same_image = node_batch[:, None] == node_batch[None, :]
         same_image.fill_diagonal_(False)
         i, j = same_image.nonzero().T  # (P,) every ordered pair of regions of one image
@@ -149,7 +151,7 @@ class SpatialContext(nn.Module):
         messages = self.message(tokens[j]).view(len(j), self.classes, -1) * weights[..., None]  # (P, R, h)
         context = torch.zeros(len(tokens), *messages.shape[1:], dtype=tokens.dtype, device=tokens.device)
         context.index_add_(0, i, messages)  # (V, R, h)
-        return tokens + self.out(context.flatten(1))
+        return self.out(context.flatten(1))
 
     def class_weights(self, seen_from: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """Box geometry (P, GEOMETRY) of each pair's two regions → the pair's weight per class (P, R)."""

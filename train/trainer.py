@@ -152,7 +152,7 @@ def check_mode(model: Captioner, cfg: TrainConfig, unlabelled: Unlabelled | None
         raise ValueError("train.mode text_only trains without images: it needs model.regions: false, "
                          "model.normalize_clip: true and no CLIP fine-tuning")
     if model.prefix_tokens + cfg.max_tokens > model.gpt2.config.n_positions:
-        raise ValueError(f"model.prefix_length + model.region_tokens + train.max_tokens = "
+        raise ValueError(f"the prefix (model.prefix_length + region tokens, twice with model.spatial_tokens) + train.max_tokens = "
                          f"{model.prefix_tokens + cfg.max_tokens} "
                          f"exceeds GPT-2's {model.gpt2.config.n_positions} positions")
     if not 0 < cfg.labelled_fraction <= 1:
