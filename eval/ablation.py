@@ -31,7 +31,7 @@ _UNGROUNDED = {"grounding_weight": 0.0}  # rows train without the grounding loss
 # every row states the region handling it uses, so rows stay what their label says whatever the
 # main model in params.yaml uses
 _PAPER = {"region_features": "detector", "prefix_regions": "mean", "region_token_skip": False, "box_embedding": False,
-          "edge_geometry": False, "spatial_directions": 0, "spatial_context": "gates"}
+          "edge_geometry": False, "spatial_directions": 0, "spatial_context": "gates", "spatial_tokens": False}
 _PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
 _SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
@@ -43,6 +43,7 @@ _LOCAL = {**_SWITCHES["gat_msg"], "prefix_regions": "tokens", "region_order": "p
           "box_embedding": True, "edge_geometry": True, "region_features": "both"}
 _GATES = {"spatial_directions": 4, "spatial_context": "gates"}  # spatial context: learned direction gates...
 _BINS = {"spatial_directions": 8, "spatial_context": "bins"}  # ... or GCN-LSTM's fixed 45° sectors
+_GROUNDED = {"grounding_weight": 1.0, "grounding_heads": 2}
 VARIANTS: dict[str, Variant] = {
     "clip_prefix": Variant("CLIP-prefix (ClipCap: CLIP → MLP → GPT-2)", _PLAIN),
     "keyword_only": Variant("Keyword-only (top-k CLIP keywords → GPT-2, CLIP re-ranking)",
@@ -73,9 +74,10 @@ VARIANTS: dict[str, Variant] = {
         ("local_detail_knn_both", "Local detail, KNN by features and centres", {}, {"metric": "both"}),
         ("local_detail_spatial", "Local detail + spatial context (4 direction gates)", _GATES, _FEATURE_KNN),
         ("local_detail_bins", "Local detail + spatial context (8 angle bins)", _BINS, _FEATURE_KNN))},
-    "local_detail_grounded": Variant("Local detail + spatial context (4 direction gates) + grounding loss (main model)",
-                                     {**_LOCAL, **_GATES}, knn=_FEATURE_KNN,
-                                     loss={"grounding_weight": 1.0, "grounding_heads": 2}),
+    **{name: Variant(label, {**_LOCAL, **spatial}, knn=_FEATURE_KNN, loss=_GROUNDED) for name, label, spatial in (
+        ("local_detail_grounded", "Local detail + spatial context (4 direction gates) + grounding loss", _GATES),
+        ("local_detail_grounded_bins", "Local detail + 8 angle bins, each region's in a token of its own + grounding "
+         "loss (main model)", {**_BINS, "spatial_tokens": True}))},
 }
 
 # columns of the table: (metrics.json key, header)
