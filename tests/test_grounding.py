@@ -1,5 +1,6 @@
 """The grounding loss: phrase groundings → the regions each token is grounded to → supervision of
 GPT-2's attention on the region tokens; and the fixed-sector spatial context it works with."""
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from pipeline.world import ground_caption
 from tests.test_model import _items, _model
 from train.data import CaptionPairs, collate, token_phrases
+from train.decode import DecodeConfig, coverage_penalty, decode, search, texts_of
 from train.losses import LossConfig, grounding_loss, total_loss
 from train.model import Prefix
 from train.regions import SpatialContext
@@ -144,3 +146,49 @@ def test_spatial_bins_context_changes_only_when_a_neighbour_changes_sector():
     across = geometry.clone()
     across[1, :2] = torch.tensor([0.2, 0.1])  # straight above node 0
     assert not torch.allclose(context(tokens, node_batch, across), out)
+
+
+def test_coverage_penalty_is_the_log_attention_mass_each_region_got_capped_at_one(tiny_language):
+    torch.manual_seed(0)
+    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4,
+                   spatial_tokens=True).eval()
+    batch = _grounded_batch(model)
+    prefix = model.prefix(batch)
+    eos = model.tokenizer.eos_token_id
+    tokens = torch.randint(0, eos, (3, 2, 6))
+    tokens[:, 0, 4:] = eos  # beam 0 ends after 4 words: the tokens after its EOS do not count
+    penalty = coverage_penalty(model, prefix.embeddings, prefix.region_slots, tokens, heads=2)
+    assert penalty.shape == (3, 2) and (penalty <= 0).all()
+    for image in range(3):
+        for beam, length in ((0, 5), (1, 6)):  # through the first EOS
+            caption = tokens[image, beam, :length][None]
+            _, attention = model.caption_forward(prefix.embeddings[image:image + 1], caption,
+                                                 torch.ones_like(caption), return_attention=True)
+            on_slots = attention[0, :2, :, 3:].sum(dim=1).mean(dim=0)  # (S,) mass per slot over the caption
+            slots = prefix.region_slots[image]
+            expected = sum(math.log(min(float(on_slots[slots == node].sum()), 1.0))
+                           for node in slots[slots >= 0].unique().tolist())  # own and context slot together
+            assert float(penalty[image, beam]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_coverage_rerank_adds_the_weighted_penalty_to_the_beam_scores(tiny_language):
+    torch.manual_seed(0)
+    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4).eval()
+    batch = _grounded_batch(model)
+    plain = DecodeConfig(method="beam", beam_size=4, max_tokens=6)
+    embeds = model.prefix(batch).embeddings
+    beams, scores = search(model, embeds, plain, 0, 4)  # most probable first
+    penalty = coverage_penalty(model, embeds, model.prefix(batch).region_slots, beams, heads=2)
+    candidates = [texts_of(model, b) for b in beams]
+    for weight in (0.0, 0.5, 100.0):
+        chosen = decode(model, batch, dataclasses.replace(plain, rerank="coverage", coverage_weight=weight))
+        best = (scores + weight * penalty).argmax(dim=-1).tolist()
+        assert chosen == [options[j] for options, j in zip(candidates, best)]
+    assert decode(model, batch, dataclasses.replace(plain, rerank="coverage", coverage_weight=0.0)) == \
+        decode(model, batch, plain)
+    with pytest.raises(ValueError, match="rerank coverage ranks the final beams"):
+        decode(model, batch, DecodeConfig(method="greedy", rerank="coverage"))
+    with pytest.raises(ValueError, match="coverage_heads: 3 is not within 1..2"):
+        decode(model, batch, dataclasses.replace(plain, rerank="coverage", coverage_heads=3))
+    with pytest.raises(ValueError, match="rerank coverage needs region tokens"):
+        decode(_model(tiny_language).eval(), batch, dataclasses.replace(plain, rerank="coverage"))

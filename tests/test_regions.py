@@ -5,7 +5,8 @@ import torch
 
 from tests.test_model import _items, _model, changed_by_one_step
 from train.data import collate
-from train.regions import SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots
+from train.regions import (SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots,
+                           reorder_slots)
 
 
 def test_box_geometry_is_relative_to_the_image():
@@ -50,6 +51,12 @@ def test_region_slots_order_by_score_or_position_and_cap():
     geometry[:, 1] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.8, 0.1])  # centre y: node 5 is above node 4
     assert region_slots(node_batch, geometry, 3, 2, "score").tolist() == [[0, 1], [3, -1], [4, 5]]
     assert region_slots(node_batch, geometry, 3, 3, "position").tolist() == [[1, 2, 0], [3, -1, -1], [5, 4, -1]]
+    assert region_slots(node_batch, geometry, 3, 3, "top_down").tolist() == [[1, 2, 0], [3, -1, -1], [5, 4, -1]]
+    geometry[:3, 1] = torch.tensor([0.1, 0.7, 0.4])  # image 0 from the top: node 0, node 2, node 1
+    assert region_slots(node_batch, geometry, 3, 3, "top_down").tolist()[0] == [0, 2, 1]
+    assert region_slots(node_batch, geometry, 3, 3, "position").tolist()[0] == [1, 2, 0]  # x still decides
+    kept = region_slots(node_batch, geometry, 3, 2, "position")  # image 0 keeps nodes 1 and 2
+    assert reorder_slots(kept, geometry, "top_down").tolist() == [[2, 1], [3, -1], [5, 4]]
     with pytest.raises(ValueError, match="model.region_order: unknown 'size'"):
         region_slots(node_batch, geometry, 3, 2, "size")
 
@@ -105,6 +112,30 @@ def test_spatial_tokens_keep_each_region_s_own_token_free_of_its_context(tiny_la
     assert torch.equal(prefix.region_slots[:, :4], prefix.region_slots[:, 4:])  # a node fills both of its slots
     with pytest.raises(ValueError, match="model.spatial_tokens needs model.spatial_directions"):
         _model(tiny_language, prefix_regions="tokens", spatial_tokens=True)
+
+
+def test_top_down_context_tokens_are_ordered_by_height_and_hold_their_region(tiny_language):
+    switches = dict(prefix_regions="tokens", region_tokens=4, spatial_directions=4, spatial_tokens=True,
+                    region_order="position")
+    same = _model(tiny_language, **switches).eval()
+    top_down = _model(tiny_language, **switches, spatial_token_order="top_down").eval()  # the same weights
+    batch = collate(_items(n=3, tokenizer=same.tokenizer), pad_id=same.tokenizer.pad_token_id)
+    a, b = same.prefix(batch), top_down.prefix(batch)
+    torch.testing.assert_close(b.embeddings[:, :7], a.embeddings[:, :7])  # the paper's prefix and own tokens
+    own_slots, context_slots = b.region_slots[:, :4], b.region_slots[:, 4:]
+    assert torch.equal(own_slots, a.region_slots[:, :4])
+    for image in range(3):  # the same regions in both halves (image 2 has 7: the 4 kept), sorted by height
+        nodes = context_slots[image][context_slots[image] >= 0]
+        assert sorted(nodes.tolist()) == sorted(own_slots[image][own_slots[image] >= 0].tolist())
+        heights = batch["geometry"][nodes, 1]
+        assert torch.equal(heights, heights.sort().values)
+        for slot, node in enumerate(context_slots[image].tolist()):  # each context token: own token + context
+            if node >= 0:
+                own = a.embeddings[image, 3 + own_slots[image].tolist().index(node)]
+                context = a.embeddings[image, 7 + own_slots[image].tolist().index(node)]
+                torch.testing.assert_close(b.embeddings[image, 7 + slot], own + context)
+    with pytest.raises(ValueError, match="model.spatial_token_order: unknown 'left_right'"):
+        _model(tiny_language, **switches, spatial_token_order="left_right")
 
 
 def _moved(batch: dict, node: int, dx: float) -> dict:

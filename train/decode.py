@@ -24,11 +24,13 @@ class DecodeConfig:
     greedy_tokens: int = 3  # hybrid: tokens chosen greedily before the beam takes over
     max_tokens: int = 30
     length_penalty: float = 1.0
-    rerank: str = "none"  # none | clip: of the final beams, keep the one CLIP finds closest to the image
+    rerank: str = "none"  # none | clip | coverage: how the final beam is chosen (see :func:`decode`)
+    coverage_weight: float = 1.0  # rerank coverage: β of the coverage penalty
+    coverage_heads: int = 2  # rerank coverage: heads of GPT-2's last layer that read it (train.loss.grounding_heads)
 
 
 METHODS = ("greedy", "beam", "hybrid")
-RERANKERS = ("none", "clip")
+RERANKERS = ("none", "clip", "coverage")
 # texts → their CLIP text embeddings (n, d): the pipeline's frozen text tower
 TextEncoder = Callable[[list[str]], np.ndarray]
 
@@ -83,9 +85,9 @@ def check_decode(cfg: DecodeConfig, text_encoder: TextEncoder | None = None) -> 
         raise ValueError(f"evaluate.method: unknown decoding {cfg.method!r}; known: {METHODS}")
     if cfg.rerank not in RERANKERS:
         raise ValueError(f"evaluate.decode.rerank: unknown {cfg.rerank!r}; known: {RERANKERS}")
-    if cfg.rerank == "clip" and (cfg.method == "greedy" or cfg.beam_size < 2):
-        raise ValueError("evaluate.decode.rerank clip ranks the final beams: it needs beam or hybrid decoding "
-                         "with beam_size >= 2")
+    if cfg.rerank != "none" and (cfg.method == "greedy" or cfg.beam_size < 2):
+        raise ValueError(f"evaluate.decode.rerank {cfg.rerank} ranks the final beams: it needs beam or hybrid "
+                         "decoding with beam_size >= 2")
     if cfg.rerank == "clip" and text_encoder is None:
         raise ValueError("evaluate.decode.rerank clip needs CLIP's text encoder")
 
@@ -93,20 +95,55 @@ def check_decode(cfg: DecodeConfig, text_encoder: TextEncoder | None = None) -> 
 @torch.no_grad()
 def decode(model: Captioner, batch: dict[str, torch.Tensor], cfg: DecodeConfig,
            text_encoder: TextEncoder | None = None) -> list[str]:
-    """One caption per image of the batch; with ``rerank: clip`` the final beam whose CLIP text
-    embedding is closest to the image's CLIP embedding, else the most probable one."""
+    """One caption per image of the batch: of the final beams, the most probable one, or with
+    ``rerank: clip`` the one whose CLIP text embedding is closest to the image's CLIP embedding,
+    or with ``rerank: coverage`` the best by probability plus :func:`coverage_penalty`."""
     check_decode(cfg, text_encoder)
-    embeds = model.prefix(batch).embeddings  # (B, L_p, h)
+    prefix = model.prefix(batch)
+    embeds = prefix.embeddings  # (B, L_p, h)
     greedy_steps = {"greedy": cfg.max_tokens, "beam": 0, "hybrid": cfg.greedy_tokens}[cfg.method]
-    tokens, _ = search(model, embeds, cfg, greedy_steps, cfg.beam_size)  # (B, w, T)
+    tokens, scores = search(model, embeds, cfg, greedy_steps, cfg.beam_size)  # (B, w, T), (B, w)
     if cfg.rerank == "none":
         return texts_of(model, tokens[:, 0])
     batch_size, width = tokens.shape[:2]
     candidates = texts_of(model, tokens.flatten(0, 1))  # (B·w) captions, image by image
-    texts = torch.from_numpy(text_encoder(candidates)).to(embeds.device)
-    similarity = (F.normalize(texts.float(), dim=-1).view(batch_size, width, -1)
+    if cfg.rerank == "coverage":
+        if prefix.region_slots is None:
+            raise ValueError("evaluate.decode.rerank coverage needs region tokens (model.prefix_regions tokens)")
+        scores = scores + cfg.coverage_weight * coverage_penalty(model, embeds, prefix.region_slots, tokens,
+                                                                 cfg.coverage_heads)
+    else:
+        texts = torch.from_numpy(text_encoder(candidates)).to(embeds.device)
+        scores = (F.normalize(texts.float(), dim=-1).view(batch_size, width, -1)
                   @ F.normalize(batch["clip"].float(), dim=-1)[:, :, None]).squeeze(-1)  # (B, w)
-    return [candidates[b * width + j] for b, j in enumerate(similarity.argmax(dim=-1).tolist())]
+    return [candidates[b * width + j] for b, j in enumerate(scores.argmax(dim=-1).tolist())]
+
+
+def coverage_penalty(model: Captioner, embeds: torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor,
+                     heads: int) -> torch.Tensor:
+    """GNMT's coverage penalty (Wu et al. 2016) over the image's regions instead of source words:
+    Σ_regions log min(attention mass the caption put on the region, 1), the mass summed over
+    the caption's tokens and averaged over the first ``heads`` heads of GPT-2's last layer
+    (those the grounding loss taught to look at the object being named). A caption that leaves
+    a detected object unnamed scores lower. embeds (B, L_p, h), slots (B, S) node per region
+    slot (-1 empty), tokens (B, w, T) → (B, w), ≤ 0."""
+    batch, width, _ = tokens.shape
+    if not 0 < heads <= model.gpt2.config.n_head:
+        raise ValueError(f"evaluate.decode.coverage_heads: {heads} is not within 1..{model.gpt2.config.n_head}")
+    flat = tokens.flatten(0, 1)  # (B·w, T)
+    is_eos = (flat == model.tokenizer.eos_token_id).long()
+    mask = (is_eos.cumsum(dim=1) - is_eos == 0).long()  # up to and including the first EOS
+    _, attention = model.caption_forward(embeds.repeat_interleave(width, dim=0), flat, mask, return_attention=True)
+    first = model.cfg.prefix_length
+    on_slots = attention[:, :heads, :, first:first + slots.shape[1]] * mask[:, None, :, None]  # (B·w, heads, T, S)
+    per_slot = on_slots.sum(dim=2).mean(dim=1)  # (B·w, S)
+    nodes = slots.repeat_interleave(width, dim=0)  # (B·w, S); a region may fill several slots
+    mass = torch.zeros(len(flat), int(slots.max()) + 2, device=flat.device)  # last column: empty slots
+    mass.scatter_add_(1, torch.where(nodes >= 0, nodes, mass.shape[1] - 1), per_slot)
+    present = torch.zeros_like(mass, dtype=torch.bool)
+    present.scatter_(1, torch.where(nodes >= 0, nodes, mass.shape[1] - 1), nodes >= 0)
+    penalty = (mass.clamp(1e-6, 1.0).log() * present).sum(dim=1)  # (B·w,)
+    return penalty.view(batch, width)
 
 
 def texts_of(model: Captioner, tokens: torch.Tensor) -> list[str]:

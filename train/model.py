@@ -21,7 +21,8 @@ from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
-from train.regions import EDGE_GEOMETRY, SPATIAL_MODES, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry
+from train.regions import (EDGE_GEOMETRY, SPATIAL_MODES, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry,
+                           reorder_slots)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ModelConfig:
     spatial_directions: int = 0  # tokens: each token adds the image's other region tokens, summed per direction (N)
     spatial_context: str = "gates"  # gates (N learned gates of the relative box) | bins (N fixed angle sectors)
     spatial_tokens: bool = False  # the spatial context gets a second token per region instead of joining its own
+    spatial_token_order: str = "same"  # spatial_tokens: same (as region_order) | top_down (context tokens top to
+    #                                    bottom, each with its region's own token added)
     box_embedding: bool = False  # add an embedding of each region's normalised box to its feature
     edge_geometry: bool = False  # relative box geometry as GAT edge attributes (beside the edge weight)
 
@@ -89,6 +92,7 @@ class Prefix:
 CONDITIONS = ("image", "keywords")
 PREFIX_REGIONS = ("mean", "tokens")
 REGION_FEATURES = ("detector", "clip", "both")
+SPATIAL_TOKEN_ORDERS = ("same", "top_down")
 
 
 class Captioner(nn.Module):
@@ -181,16 +185,23 @@ class Captioner(nn.Module):
                             n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Region tokens (V, h) with their spatial context, in slots: (B, S, h) and the node of
         each slot (B, S). With ``spatial_tokens`` the slots are the regions' own tokens, then as
-        many context tokens in the same order (S = 2 × region_tokens), a node filling both of its slots."""
+        many context tokens (S = 2 × region_tokens), a node filling one slot in each half: in the
+        same order, or (``spatial_token_order: top_down``) top to bottom, each context token then
+        also holding its region's own token, so that GPT-2's positions say which region is higher
+        as the first half's say which is further left."""
         node_batch, geometry = batch["node_batch"], batch["geometry"]
+        slots = self.region_tokens.table(node_batch, geometry, n_images)  # (B, S)
         if self.spatial_context is None:
-            return self.region_tokens(node_tokens, node_batch, geometry, n_images)
+            return self.region_tokens(node_tokens, slots), slots
         context = self.spatial_context(node_tokens, node_batch, geometry)  # (V, h)
         if not self.cfg.spatial_tokens:
-            return self.region_tokens(node_tokens + context, node_batch, geometry, n_images)
-        own, slots = self.region_tokens(node_tokens, node_batch, geometry, n_images)
-        around, _ = self.region_tokens(context, node_batch, geometry, n_images)
-        return torch.cat([own, around], dim=1), torch.cat([slots, slots], dim=1)
+            return self.region_tokens(node_tokens + context, slots), slots
+        own = self.region_tokens(node_tokens, slots)
+        if self.cfg.spatial_token_order == "same":
+            return torch.cat([own, self.region_tokens(context, slots)], dim=1), torch.cat([slots, slots], dim=1)
+        vertical = reorder_slots(slots, geometry, "top_down")  # the same regions
+        around = self.region_tokens(node_tokens + context, vertical)
+        return torch.cat([own, around], dim=1), torch.cat([slots, vertical], dim=1)
 
     def keyword_prefix(self, clip: torch.Tensor) -> Prefix:
         """Keyword-only generation: the image picks its top-k keywords by CLIP image-text cosine
@@ -281,6 +292,8 @@ def _check_regions(cfg: ModelConfig) -> None:
                          "(the context is added to region tokens)")
     if cfg.spatial_tokens and not cfg.spatial_directions:
         raise ValueError("model.spatial_tokens needs model.spatial_directions > 0 (the context its tokens hold)")
+    if cfg.spatial_token_order not in SPATIAL_TOKEN_ORDERS:
+        raise ValueError(f"model.spatial_token_order: unknown {cfg.spatial_token_order!r}; known: {SPATIAL_TOKEN_ORDERS}")
     if cfg.spatial_context not in SPATIAL_MODES:
         raise ValueError(f"model.spatial_context: unknown {cfg.spatial_context!r}; known: {SPATIAL_MODES}")
     if cfg.prefix_regions == "tokens" and cfg.region_tokens < 1:

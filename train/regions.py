@@ -28,7 +28,7 @@ from torch import nn
 GEOMETRY = 5  # cx, cy, w, h, area — all as fractions of the image
 EDGE_GEOMETRY = 4  # dx, dy, log width ratio, log height ratio (edge_geometry's columns)
 FREQUENCIES = (1, 2, 4, 8, 16)  # of the box embedding's sinusoids, in cycles per image
-ORDERS = ("score", "position")
+ORDERS = ("score", "position", "top_down")
 
 
 def box_geometry(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
@@ -55,13 +55,10 @@ def region_slots(node_batch: torch.Tensor, geometry: torch.Tensor, n_images: int
                  order: str) -> torch.Tensor:
     """Which node fills each prefix slot: (B, slots) node indices, -1 for an empty slot.
     ``score``: the store's order (the detector's, best first); ``position``: left to right by
-    box centre, then top to bottom. Images keep their first ``slots`` regions in that order."""
-    if order not in ORDERS:
-        raise ValueError(f"model.region_order: unknown {order!r}; known: {ORDERS}")
+    box centre, then top to bottom; ``top_down``: top to bottom, then left to right. Images keep
+    their first ``slots`` regions in that order."""
     n = len(node_batch)
-    within = torch.arange(n, device=node_batch.device, dtype=torch.float)  # store order
-    if order == "position":
-        within = geometry[:, 0] * 1e3 + geometry[:, 1]  # x first; y breaks ties
+    within = _order_key(geometry, order)
     within_rank = torch.empty(n, dtype=torch.long, device=node_batch.device)
     sorted_nodes = torch.argsort(within, stable=True)
     sorted_nodes = sorted_nodes[torch.argsort(node_batch[sorted_nodes], stable=True)]  # grouped by image
@@ -71,6 +68,25 @@ def region_slots(node_batch: torch.Tensor, geometry: torch.Tensor, n_images: int
     keep = within_rank < slots
     table[node_batch[keep], within_rank[keep]] = torch.arange(n, device=node_batch.device)[keep]
     return table
+
+
+def reorder_slots(table: torch.Tensor, geometry: torch.Tensor, order: str) -> torch.Tensor:
+    """The same regions as ``table`` (B, slots) — the ones its order kept — in another order,
+    empty slots last."""
+    key = _order_key(geometry, order)[table.clamp_min(0)]  # (B, slots)
+    key = torch.where(table >= 0, key, torch.full_like(key, float("inf")))
+    return table.gather(1, torch.argsort(key, dim=1, stable=True))
+
+
+def _order_key(geometry: torch.Tensor, order: str) -> torch.Tensor:
+    """A sort key per node (V,) for ``order``: regions sort by it within their image."""
+    if order not in ORDERS:
+        raise ValueError(f"model.region_order: unknown {order!r}; known: {ORDERS}")
+    if order == "position":
+        return geometry[:, 0] * 1e3 + geometry[:, 1]  # x first; y breaks ties
+    if order == "top_down":
+        return geometry[:, 1] * 1e3 + geometry[:, 0]  # y first; x breaks ties
+    return torch.arange(len(geometry), device=geometry.device, dtype=torch.float)  # store order
 
 
 class BoxEmbedding(nn.Module):
@@ -104,13 +120,15 @@ class RegionTokens(nn.Module):
         self.project = nn.Sequential(nn.Linear(region_dim, h), nn.Tanh(), nn.Linear(h, h))
         self.empty = nn.Parameter(torch.zeros(h))  # "no region here"
 
-    def forward(self, node_tokens: torch.Tensor, node_batch: torch.Tensor, geometry: torch.Tensor,
-                n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``node_tokens``: every region already projected (:attr:`project`), (V, h). Returns the
-        tokens (B, slots, h) and which node fills each slot (B, slots), -1 for an empty one."""
-        table = region_slots(node_batch, geometry, n_images, self.slots, self.order)  # (B, slots)
+    def table(self, node_batch: torch.Tensor, geometry: torch.Tensor, n_images: int) -> torch.Tensor:
+        """Which node fills each slot (B, slots), -1 for an empty one (:func:`region_slots`)."""
+        return region_slots(node_batch, geometry, n_images, self.slots, self.order)
+
+    def forward(self, node_tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``node_tokens``: every region already projected (:attr:`project`), (V, h); ``table``
+        from :meth:`table`. Returns the tokens (B, slots, h)."""
         tokens = node_tokens[table.clamp_min(0)]  # (B, slots, h)
-        return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens)), table
+        return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens))
 
 
 SPATIAL_MODES = ("gates", "bins")
