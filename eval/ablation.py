@@ -31,7 +31,8 @@ _UNGROUNDED = {"grounding_weight": 0.0}  # rows train without the grounding loss
 # every row states the region handling it uses, so rows stay what their label says whatever the
 # main model in params.yaml uses
 _PAPER = {"region_features": "detector", "prefix_regions": "mean", "region_token_skip": False, "box_embedding": False,
-          "edge_geometry": False, "spatial_directions": 0, "spatial_context": "gates", "spatial_tokens": False}
+          "edge_geometry": False, "spatial_directions": 0, "spatial_context": "gates", "spatial_tokens": False,
+          "spatial_token_order": "same"}
 _PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
 _SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
@@ -77,7 +78,9 @@ VARIANTS: dict[str, Variant] = {
     **{name: Variant(label, {**_LOCAL, **spatial}, knn=_FEATURE_KNN, loss=_GROUNDED) for name, label, spatial in (
         ("local_detail_grounded", "Local detail + spatial context (4 direction gates) + grounding loss", _GATES),
         ("local_detail_grounded_bins", "Local detail + 8 angle bins, each region's in a token of its own + grounding "
-         "loss (main model)", {**_BINS, "spatial_tokens": True}))},
+         "loss", {**_BINS, "spatial_tokens": True}),
+        ("local_detail_grounded_top_down", "Local detail + 8 angle bins in tokens of their own, ordered top to bottom, "
+         "+ grounding loss (main model)", {**_BINS, "spatial_tokens": True, "spatial_token_order": "top_down"}))},
 }
 
 # columns of the table: (metrics.json key, header)

@@ -18,7 +18,8 @@ def test_variants_change_only_switches_and_schedule():
         changed = {f.name for f in dataclasses.fields(p.model) if getattr(p.model, f.name) != getattr(params.model, f.name)}
         assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition",
                            "prefix_regions", "region_order", "region_token_skip", "box_embedding", "edge_geometry",
-                           "region_features", "spatial_directions", "spatial_context", "spatial_tokens"}
+                           "region_features", "spatial_directions", "spatial_context", "spatial_tokens",
+                           "spatial_token_order"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (
@@ -30,9 +31,12 @@ def test_variants_change_only_switches_and_schedule():
         assert (paper.model.prefix_regions, paper.model.box_embedding, paper.model.region_features,
                 paper.model.spatial_directions, paper.knn.metric) == ("mean", False, "detector", 0, "cosine")
     grounded = {name for name in VARIANTS if variant_params(params, name, 0).train.loss.grounding_weight > 0}
-    assert grounded == {"local_detail_grounded", "local_detail_grounded_bins"}  # whatever params.yaml says
-    main = variant_params(params, "local_detail_grounded_bins", 0).model
-    assert (main.spatial_context, main.spatial_directions, main.spatial_tokens) == ("bins", 8, True)
+    assert grounded == {"local_detail_grounded", "local_detail_grounded_bins",
+                        "local_detail_grounded_top_down"}  # whatever params.yaml says
+    main = variant_params(params, "local_detail_grounded_top_down", 0).model
+    assert (main.spatial_context, main.spatial_directions, main.spatial_tokens, main.spatial_token_order) == (
+        "bins", 8, True, "top_down")
+    assert variant_params(params, "local_detail_grounded_bins", 0).model.spatial_token_order == "same"
     assert not variant_params(params, "local_detail_bins", 0).model.spatial_tokens  # bins added to each region's token
     assert variant_params(params, "local_detail_bins", 0).model.spatial_context == "bins"
     assert variant_params(params, "local_detail_spatial", 0).model.spatial_context == "gates"
