@@ -1,11 +1,13 @@
-# Two commands: `make repro` (the whole pipeline on the demo world) and `make test`.
-# Both create .venv on first use; later runs reuse it (the stamp is redone when pyproject.toml changes).
+# `make repro`: the main job (dvc.yaml) on the configured data set, the demo world by default.
+# `make test`: the test suite. `make studies`: the ablation table (studies/dvc.yaml).
+# `make paper-check`: the main job at the paper's sizes on real photos, in a temporary copy.
+# All create .venv on first use; later runs reuse it (the stamp is redone when pyproject.toml changes).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test java browser clean-venv
+.PHONY: repro studies paper-check test java browser clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,13 @@ browser:
 repro: $(STAMP) java
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/dvc metrics show
+
+studies: $(STAMP) java
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro studies/dvc.yaml
+	@cat results/ablations.md
+
+paper-check: $(STAMP) java
+	$(BIN)/python -m pipeline.paper_check
 
 test: $(STAMP) java browser
 	$(BIN)/python -m pytest -q

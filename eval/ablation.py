@@ -26,6 +26,15 @@ class Variant:
     labelled_only: bool = False  # trains on ablation.labelled_fraction of the images' captions
     scst: bool = False  # ... then ablation.scst_epochs of SCST with a CLIP reward on the rest
 
+    @property
+    def needs(self) -> list[str]:
+        """What the data set must offer to train this row (names from ``DATA_OFFERS``)."""
+        return [PHRASE_GROUNDINGS] if self.loss.get("grounding_weight", 0) > 0 else []
+
+
+PHRASE_GROUNDINGS = "phrase groundings"  # each caption's phrases tied to boxes (the demo world; Flickr30k Entities)
+DATA_OFFERS = (PHRASE_GROUNDINGS,)
+
 
 _UNGROUNDED = {"grounding_weight": 0.0}  # rows train without the grounding loss unless they say so
 # every row states the region handling it uses, so rows stay what their label says whatever the
@@ -109,6 +118,16 @@ def variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise ValueError(f"ablation.variants: unknown variant {name!r}; known: {sorted(VARIANTS)}")
     return VARIANTS[name]
+
+
+def check_variants(names: list[str], offered: set[str], dataset: str) -> None:
+    """Refuse, before any training, a variant that needs what the data set does not offer."""
+    for name in names:
+        missing = [need for need in variant(name).needs if need not in offered]
+        if missing:
+            raise ValueError(f"ablation.variants: {name!r} needs {', '.join(missing)}, which data set {dataset!r} "
+                             f"does not have; remove it from ablation.variants (rows that need nothing extra: "
+                             f"{', '.join(n for n in VARIANTS if not VARIANTS[n].needs)})")
 
 
 def summarize(results: Mapping[str, Mapping[int, Mapping[str, float]]]) -> list[dict[str, Any]]:

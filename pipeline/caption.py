@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
-from features.store import check_provenance
+from features.store import StoreError, check_provenance
 from pipeline.extract import IMAGE_FEATURES
 from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
 from pipeline.stages.common import for_each_shard, start, text_encoder
+from pipeline.world import DATASET_NAME as DEMO_WORLD
 from train.data import CachedFeatures, Images, StoreSpec
 from train.decode import caption_images
 from train.model import load_captioner
@@ -51,7 +52,8 @@ def collect_images(inputs: list[Path]) -> list[Path]:
 
 
 def caption_files(paths: list[Path], model_dir: Path, params: Params, device: torch.device) -> list[dict[str, Any]]:
-    """One record per path, in order: {"file", "caption"} or {"file", "error"}."""
+    """One record per path, in order: {"file", "caption", "regions" (how many were detected)} or
+    {"file", "error"}."""
     model, config = load_captioner(model_dir)
     records = expected(params)
     for kind in IMAGE_FEATURES:  # the extractors configured now must be those the model was trained on
@@ -78,10 +80,19 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
         rerank = text_encoder(params, device) if params.evaluate.decode.rerank == "clip" else None
         captions = caption_images(model, Images(features, good), params.evaluate.decode, params.evaluate.batch_size,
                                   device, rerank) if good else []
+        counts = [int(n) for n in features.readers["regions"].rows(good, "counts")]
         features.close()
-    by_index = dict(zip(good, captions))
-    return [{"file": str(path), "caption": by_index[i]} if i in by_index else
+    by_index = {i: {"caption": c, "regions": n} for i, c, n in zip(good, captions, counts)}
+    return [{"file": str(path), **by_index[i]} if i in by_index else
             {"file": str(path), "error": errors[entries[i]["id"]]} for i, path in enumerate(paths)]
+
+
+def trained_on(model_dir: Path) -> str | None:
+    """The data set a model folder was trained on, as its config records it (None if it does not)."""
+    config = model_dir / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{model_dir}: not a trained model folder (no config.json)")
+    return json.loads(config.read_text()).get("dataset")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", choices=("greedy", "beam", "hybrid"), help="override evaluate.decode.method")
     parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
     args = parser.parse_args(argv)
-    params = start(args.params)
-    if args.decode:
-        decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
-        params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
-    results = caption_files(collect_images(args.inputs), args.model, params, device_of(params.store.device))
+    try:  # what the user gave (files, folder, params, model) is wrong: one line naming it, no traceback
+        params = start(args.params)
+        if args.decode:
+            decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
+            params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
+        paths = collect_images(args.inputs)
+        if not paths:
+            raise FileNotFoundError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
+                                    f"{', '.join(map(str, args.inputs))}")
+        if trained_on(args.model) == DEMO_WORLD:
+            print(f"note: {args.model} was trained on the built-in demo world (coloured shapes): it describes every "
+                  "image in that world's words; train on your own data set for real photos (see README)",
+                  file=sys.stderr)
+        results = caption_files(paths, args.model, params, device_of(params.store.device))
+    except (OSError, ValueError, StoreError) as err:  # ParamsError is a ValueError
+        print(f"graphcap-caption: {err}", file=sys.stderr)
+        return 2
     for record in results:
         if args.jsonl:
             print(json.dumps(record, ensure_ascii=False))

@@ -58,7 +58,6 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class Params:
-    world: WorldConfig
     data: DataConfig
     prepare: TextConfig
     store: StoreConfig
@@ -71,6 +70,8 @@ class Params:
     evaluate: EvaluateConfig
     ablation: AblationConfig
     report: ReportConfig
+    # only the demo world's generator (data/dvc.yaml) reads it: a real data set's params may leave it out
+    world: WorldConfig = dataclasses.field(default_factory=WorldConfig)
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:

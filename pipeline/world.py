@@ -39,6 +39,8 @@ SCENE_PHRASES = {"beach": "on the beach", "forest": "in the forest", "city": "in
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 RELATIONS = ("to the left of", "to the right of", "above", "below")  # the answers of relation()
 
+DATASET_NAME = "demo_world"  # the "dataset" of its Karpathy JSON; a model trained on it records it
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -241,7 +243,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path) -> Path:
         sentid += len(sentences)
     dataset_path = out_dir / "dataset.json"
     tmp = dataset_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"dataset": "demo_world", "images": entries}))
+    tmp.write_text(json.dumps({"dataset": DATASET_NAME, "images": entries}))
     tmp.replace(dataset_path)
     log.info("wrote %d images to %s", total, out_dir)
     return dataset_path

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from eval.ablation import VARIANTS, markdown, summarize, to_csv, variant
+from eval.ablation import PHRASE_GROUNDINGS, VARIANTS, check_variants, markdown, summarize, to_csv, variant
 from pipeline.params import load_params
 from pipeline.stages.ablation import variant_params
 from tests.conftest import ROOT, tiny_project
@@ -106,3 +106,25 @@ def test_figures_with_nothing_to_measure_are_written_as_json_null(tmp_path):
     text = (tmp_path / "m.json").read_text()
     assert "NaN" not in text
     assert json.loads(text) == {"world/relation_accuracy": None, "per": [{"x": None}, 1.5]}
+
+
+def test_variants_needing_what_the_data_set_lacks_are_refused_before_training(tmp_path, monkeypatch, capsys):
+    from pipeline.stages import ablation_check
+
+    grounded = {name for name in VARIANTS if variant(name).needs}
+    assert grounded == {"local_detail_grounded", "local_detail_grounded_bins", "local_detail_grounded_top_down"}
+    world = {"dataset": "demo_world", "images": [{"split": "train", "extra": {"objects": []}}, {"split": "test"}]}
+    coco = {"dataset": "coco", "images": [{"split": "train", "extra": {}}, {"split": "train"}]}
+    assert ablation_check.data_offers(world) == {PHRASE_GROUNDINGS} and ablation_check.data_offers(coco) == set()
+    check_variants(["gat_msg", "local_detail_grounded"], {PHRASE_GROUNDINGS}, "demo_world")  # allowed
+    with pytest.raises(ValueError, match="'local_detail_grounded' needs phrase groundings.*'coco'"):
+        check_variants(["gat_msg", "local_detail_grounded", "baseline"], set(), "coco")
+    check_variants(load_params(ROOT / "presets/paper.yaml").ablation.variants, set(), "coco")  # the paper's rows: none
+
+    project = tiny_project(tmp_path, ablation={"variants": ["baseline", "local_detail_grounded_bins"]})
+    (project / "data").mkdir()
+    (project / "data/manifest.json").write_text(json.dumps(coco))
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit, match="ablation_check: .*'local_detail_grounded_bins' needs phrase groundings"):
+        ablation_check.main()
+    assert not (project / ablation_check.OUT).exists()  # no cell can start

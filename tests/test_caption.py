@@ -1,17 +1,21 @@
 """The `caption` command on new image files: the same features and captions as the pipeline gives
 the same images, bad files reported by name, and a model of other features refused."""
+import contextlib
 import dataclasses
+import io
 import json
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from features.store import StoreError
 from pipeline import caption
 from pipeline.params import load_params
 from pipeline.stages import (clip_image, clip_text, evaluate, knn, prepare, region_clip, region_keywords, regions, train,
                              world)
-from tests.conftest import tiny_project
+from tests.conftest import REAL_SAMPLE, tiny_project
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +56,8 @@ def test_command_line_writes_json_lines_and_fails_on_bad_files(trained, tmp_path
     assert caption.main([str(tmp_path)]) == 1  # still captions a.png, reports empty.png
     captured = capsys.readouterr()
     assert "a.png\t" in captured.out and "empty.png: not captioned" in captured.err
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        caption.main([str(tmp_path / "missing.png")])
+    assert caption.main([str(tmp_path / "missing.png")]) == 2  # one line naming it, no traceback
+    assert capsys.readouterr().err.strip() == f"graphcap-caption: {tmp_path / 'missing.png'}: no such file or folder"
 
 
 def test_model_of_other_features_is_refused(trained, tmp_path, monkeypatch):
@@ -62,3 +66,78 @@ def test_model_of_other_features_is_refused(trained, tmp_path, monkeypatch):
     other = dataclasses.replace(params, knn=dataclasses.replace(params.knn, k=params.knn.k + 1))
     with pytest.raises(StoreError, match="'knn' differs"):
         caption.caption_files([trained / "data/world/images/000000.png"], trained / "models/captioner", other, "cpu")
+
+
+def _real_photos() -> list:
+    if not (REAL_SAMPLE / "dataset.json").is_file():
+        pytest.skip(f"no real photos at {REAL_SAMPLE} (the shared real_sample folder is absent)")
+    entries = json.loads((REAL_SAMPLE / "dataset.json").read_text())["images"]
+    return [REAL_SAMPLE / "images" / e["filepath"] / e["filename"] for e in entries]
+
+
+def _caption_alone(path) -> dict:
+    """`graphcap-caption <one file> --jsonl`: exit 0, one JSON line with a caption, on stderr the
+    demo-world note once and progress bars (an uncaught error would raise here)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert caption.main([str(path), "--jsonl"]) == 0
+    assert err.getvalue().count("demo world") == 1 and "Traceback" not in err.getvalue()
+    (line,) = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["caption"].strip(), record
+    return record
+
+
+@pytest.fixture(scope="module")
+def regions_alone(trained):
+    """Every real photo captioned alone (one `graphcap-caption` call each, so a photo with 0 or 1
+    regions is a batch where no image has a pair): photo → regions detected."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(trained)
+        return {path: _caption_alone(path)["regions"] for path in _real_photos()}
+
+
+def test_every_real_photo_alone_gets_a_caption(regions_alone):
+    assert len(regions_alone) == 48 and min(regions_alone.values()) <= 1  # the real edge cases are among them
+
+
+def test_batches_of_only_zero_and_one_region_photos_are_captioned(trained, regions_alone, monkeypatch):
+    monkeypatch.chdir(trained)
+    params = load_params(trained / "params.yaml")
+    few = [path for path, count in regions_alone.items() if count <= 1]
+    one = min(few, key=lambda path: (regions_alone[path], str(path)))
+    # copies of one photo are padded alike in the detector's batch, so that batch surely has no pair
+    for batch in ([one] * 5, few):
+        records = caption.caption_files(batch, trained / "models/captioner", params, "cpu")
+        assert len(records) == len(batch) and all(r["caption"].strip() for r in records)
+        if batch[0] == batch[-1]:
+            assert {r["regions"] for r in records} == {regions_alone[one]}
+
+
+def _awkward_files(folder, photo) -> list:
+    """The ways a real photo arrives: every format and mode the decoder converts, EXIF-rotated, 24 MP."""
+    image = Image.open(photo).convert("RGB")
+    made = {"photo.png": image, "photo.webp": image, "gray.jpg": image.convert("L"), "cmyk.jpg": image.convert("CMYK"),
+            "palette.gif": image.convert("P"), "alpha.png": image.convert("RGBA"),
+            "sixteen.png": Image.fromarray((np.asarray(image.convert("L"), np.uint16) * 257))}
+    for name, im in made.items():
+        im.save(folder / name)
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown rotated 90° clockwise
+    image.save(folder / "rotated.jpg", exif=exif)
+    image.resize((6000, 4000)).save(folder / "24mp.jpg", quality=70)
+    return sorted(folder.iterdir())
+
+
+def test_awkward_files_each_get_a_caption(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained)
+    for path in _awkward_files(tmp_path, _real_photos()[0]):
+        _caption_alone(path)
+
+
+def test_a_demo_world_model_says_so_once(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(trained)
+    for k in range(3):
+        shutil.copy(trained / "data/world/images/000000.png", tmp_path / f"{k}.png")
+    assert caption.main([str(tmp_path)]) == 0
+    assert capsys.readouterr().err.count("trained on the built-in demo world") == 1

@@ -150,6 +150,7 @@ class CaptionPairs(Dataset):
         texts = [t for caps in captions for t in caps]
         self.tokens, self.offsets = tokenize_captions(tokenizer, texts, max_tokens)
         self.token_phrase, self.phrase_boxes = None, []  # (total tokens,) into phrase_boxes, -1: none
+        self._ground: dict[int, np.ndarray] = {}  # pair → its (T, N) grounding, once computed
         if groundings is not None:
             phrases = [p for caps in groundings for p in caps]
             self.token_phrase = np.full(len(self.tokens), -1, dtype=np.int32)
@@ -173,7 +174,9 @@ class CaptionPairs(Dataset):
             item["tokens"] = self.tokens[self.offsets[k]:self.offsets[k + 1]]
             item["index"] = int(self.image[k])
             if self.token_phrase is not None:
-                item["ground"] = self.ground(self.token_phrase[self.offsets[k]:self.offsets[k + 1]], item["boxes"])
+                if k not in self._ground:  # the same every epoch: computed once (it was a tenth of an epoch)
+                    self._ground[k] = self.ground(self.token_phrase[self.offsets[k]:self.offsets[k + 1]], item["boxes"])
+                item["ground"] = self._ground[k]
         return items
 
     def ground(self, token_phrase: np.ndarray, boxes: np.ndarray) -> np.ndarray:

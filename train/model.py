@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.utils import scatter
-from transformers import AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
@@ -318,7 +318,10 @@ def load_gpt2(name_or_folder: str) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
     tokenizer = AutoTokenizer.from_pretrained(name_or_folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return GPT2LMHeadModel.from_pretrained(name_or_folder), tokenizer
+    config = AutoConfig.from_pretrained(name_or_folder)
+    if config.activation_function == "gelu_new":  # GPT-2's tanh-approximate GELU: the same function as one
+        config.activation_function = "gelu_pytorch_tanh"  # fused kernel instead of five ops (~8% of a CPU step)
+    return GPT2LMHeadModel.from_pretrained(name_or_folder, config=config), tokenizer
 
 
 def load_captioner(folder: Path) -> tuple[Captioner, dict]:

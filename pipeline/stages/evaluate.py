@@ -42,7 +42,7 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path,
     """Decode ``evaluate.split`` with the model in ``folder`` and score it. Returns the metrics
     and, per image, the caption, references and per-image scores. With ``analysis_out``, also
     writes the error analysis there (a stub saying why where there is no ground truth, so the
-    stage's output always exists) and adds its summary to the metrics as ``world/...``."""
+    stage's output always exists)."""
     model, config = load_captioner(folder)
     for kind, record in expected(params).items():  # the model must have been trained on these features
         check_provenance(folder / "config.json", config["features"][kind], record)
@@ -71,8 +71,7 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path,
     if analysis_out is not None:
         analysis = (analyse(candidates, truth, dict(zip(ids, detections(params, features, indices)))) if world
                     else {"unavailable": "no ground-truth objects in the manifest (the demo world has them)"})
-        write_json(analysis_out, analysis)
-        scores.update({f"world/{name}": value for name, value in analysis.get("summary", {}).items()})
+        write_json(analysis_out, analysis)  # its counters stay there: metrics.json is the one short table
     shuffled = random.Random(0).sample(captions, len(captions))  # chance: captions of other images
     metrics = {**scores, "CIDEr_shuffled_captions": cider(references, dict(zip(ids, shuffled))),
                "n_images": len(ids), "split": params.evaluate.split, "decode": params.evaluate.decode.method}

@@ -61,7 +61,8 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
                        object_bank=len(object_words), keyword_bank=len(keyword_words))
     seed_everything(params.train.seed)
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
-    extra = {"features": expected(params), "scene_words": scene_words, "object_words": object_words,
+    extra = {"features": expected(params), "dataset": manifest["dataset"], "scene_words": scene_words,
+             "object_words": object_words,
              "keyword_words": keyword_words, "labelled_images": len(train_idx)}
     tail = None
     if params.model.finetune_clip:  # the captioner's own copy of CLIP's last blocks, from the extractor's weights
@@ -100,10 +101,15 @@ def groundings(params: Params, images: list[dict]) -> list[list[list[Grounding]]
     if params.train.loss.grounding_weight <= 0:
         return None
     for image in images:
-        if "objects" not in image.get("extra", {}):
+        if not has_groundings(image):
             raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
                              "(only the demo world's images have them: set the weight to 0)")
     return [[ground_caption(c, image["extra"]["objects"]) for c in image["captions"]] for image in images]
+
+
+def has_groundings(image: dict) -> bool:
+    """Whether a manifest entry carries the phrase groundings :func:`groundings` reads."""
+    return "objects" in image.get("extra", {})
 
 
 if __name__ == "__main__":

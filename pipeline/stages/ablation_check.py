@@ -1,0 +1,31 @@
+"""Stage `ablation_check` (studies/dvc.yaml): before any cell trains, every variant of
+ablation.variants is checked against the data set, and one that needs what it lacks (a grounded
+row: phrase groundings) is refused at once, naming it. Writes what the data set offers to
+results/ablation_data.json, which every cell depends on, so the check always runs first."""
+from pathlib import Path
+
+from eval.ablation import PHRASE_GROUNDINGS, check_variants
+from pipeline.stages.common import load_manifest, start, write_json
+from pipeline.stages.train import has_groundings
+
+OUT = Path("results/ablation_data.json")
+
+
+def data_offers(manifest: dict) -> set[str]:
+    """The requirements of eval/ablation.py's DATA_OFFERS that the manifest's training images meet."""
+    train_images = [e for e in manifest["images"] if e["split"] == "train"]
+    return {PHRASE_GROUNDINGS} if train_images and all(map(has_groundings, train_images)) else set()
+
+
+def main() -> None:
+    params, manifest = start(), load_manifest()
+    offered = data_offers(manifest)
+    try:
+        check_variants(params.ablation.variants, offered, manifest["dataset"])
+    except ValueError as err:
+        raise SystemExit(f"ablation_check: {err}") from None
+    write_json(OUT, {"dataset": manifest["dataset"], "offers": sorted(offered)})
+
+
+if __name__ == "__main__":
+    main()
