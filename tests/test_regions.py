@@ -90,6 +90,17 @@ def test_spatial_context_gathers_only_the_image_s_other_regions_by_their_relativ
     assert changed.tolist() == [True, True, False, False]
 
 
+@pytest.mark.parametrize("mode", ["gates", "bins"])
+@pytest.mark.parametrize("node_batch", [[0, 1, 2], [0], []], ids=["one region each", "one region", "no region"])
+def test_spatial_context_of_a_batch_without_a_pair_of_regions_is_empty(mode, node_batch):
+    """A single real photo often has one region or none: no pair in the batch, nothing to gather."""
+    context = SpatialContext(h=8, directions=4, mode=mode)
+    out = context(torch.randn(len(node_batch), 8), torch.tensor(node_batch, dtype=torch.long),
+                  torch.rand(len(node_batch), 5))
+    assert out.shape == (len(node_batch), 8)
+    torch.testing.assert_close(out, context.out.bias.expand_as(out))
+
+
 def test_spatial_context_reaches_the_prefix_and_trains(tiny_language):
     model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4)
     batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)

@@ -3,6 +3,7 @@ the references' own leave-one-out CIDEr, CLIPScore / RefCLIPScore and (on the de
 ground-truth judge and the relation ranking into results/metrics.json, captions and per-image scores into
 results/captions.json, and (on the demo world) the error analysis — confusions and detector vs
 captioner blame — into results/error_analysis.json."""
+import logging
 import random
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from train.decode import caption_images
 from train.model import load_captioner
 
 ERROR_ANALYSIS = Path("results/error_analysis.json")
+log = logging.getLogger(__name__)
 
 
 def main() -> None:
@@ -76,8 +78,9 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path,
     metrics = {**scores, "CIDEr_shuffled_captions": cider(references, dict(zip(ids, shuffled))),
                "n_images": len(ids), "split": params.evaluate.split, "decode": params.evaluate.decode.method}
     reason = spice_unavailable_reason()
-    if reason:
-        metrics["SPICE_unavailable"] = reason
+    if reason:  # the reason is logged; the metrics table keeps a short cell
+        log.warning("SPICE unavailable: %s", reason)
+        metrics["SPICE"] = "unavailable"
     return metrics, [{"id": i, "caption": candidates[i], "references": references[i],
                       "scores": {name: values[i] for name, values in per_image.items()}} for i in ids]
 
@@ -97,8 +100,8 @@ def print_table(metrics: dict) -> None:
     for name, value in metrics.items():
         if isinstance(value, float):
             print(f"{name:<26}{value:>10.4f}")
-    if "SPICE_unavailable" in metrics:
-        print(f"SPICE: unavailable — {metrics['SPICE_unavailable']}")
+    if metrics.get("SPICE") == "unavailable":
+        print(f"SPICE: unavailable — {spice_unavailable_reason()}")
 
 
 if __name__ == "__main__":
