@@ -121,6 +121,9 @@ def _present_images(images: list[dict[str, Any]], image_root: Path, source: Path
             raise DatasetError(f"{source}: image {entry['id']}: {entry['path']} leads out of the image root "
                                f"{image_root} (a symlink?)")
         (kept if path.is_file() else missing).append(entry)
+    if missing and not kept:  # a wrong data.image_root, most likely: stop here, not stages later
+        raise DatasetError(f"{source}: none of its {len(missing)} image files is under data.image_root {image_root} "
+                           f"(the first: {image_root / missing[0]['path']})")
     if missing:
         log.warning("%s: %d image file(s) missing under %s, left out: %s", source, len(missing), image_root,
                     ", ".join(f"{e['id']} ({e['path']})" for e in missing[:5]) + (" …" if len(missing) > 5 else ""))

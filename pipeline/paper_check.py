@@ -97,7 +97,7 @@ def write_params(project: Path, weights: dict[str, str], data: Path) -> None:
     params["regions"]["weights"] = weights["detector"]
     params["model"]["gpt2"] = weights["gpt2"]
     params["data"].update(dataset=str(data.relative_to(project) / "dataset.json"),
-                          image_root=str(data.relative_to(project)))
+                          image_root=str(data.relative_to(project) / "images"))  # filepath: a folder under images/
     params["train"].update(EPOCHS)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -113,6 +113,7 @@ def run_repro(project: Path, log_file: Path) -> dict[str, float]:
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for line in run.stdout:
             out.write(line)
+            out.flush()
             if line.startswith("Running stage '"):
                 now = time.perf_counter()
                 if stage:
@@ -148,7 +149,8 @@ def check(project: Path, sample: Path, keep: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real-sample", type=Path, help="the folder of real photos (default: found as the tests find it)")
+    parser.add_argument("--real-sample", type=Path,
+                        help="the folder of real photos (default: found as the tests find it)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project for inspection")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -167,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     for stage, seconds in summary["stages_s"].items():
         print(f"  {stage:<16}{seconds:8.1f} s")
-    print(f"paper-check: passed in {summary['total_s'] / 60:.1f} min (CPU; weights and copy {summary['prepare_s']:.0f} s),"
-          f" {summary['test_images']} test images evaluated" + (f"; kept in {summary['project']}" if args.keep else ""))
+    kept = f"; kept in {summary['project']}" if args.keep else ""
+    print(f"paper-check: passed in {summary['total_s'] / 60:.1f} min (CPU; weights and copy "
+          f"{summary['prepare_s']:.0f} s), {summary['test_images']} test images evaluated{kept}")
     return 0
 
 

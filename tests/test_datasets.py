@@ -78,3 +78,11 @@ def test_huge_captions_missing_files_and_symlinks_out(tmp_path, caplog):
     (tmp_path / "images/x/2.jpg").symlink_to(outside)
     with pytest.raises(DatasetError, match="image 2: x/2.jpg leads out of the image root"):
         build_manifest(source, tmp_path / "images", TextConfig())
+
+
+def test_a_wrong_image_root_stops_prepare_naming_it(tmp_path):
+    (tmp_path / "images/x").mkdir(parents=True)
+    (tmp_path / "images/x/0.jpg").write_bytes(b"jpeg")
+    source = _karpathy(tmp_path, [_entry(0), _entry(1)])
+    with pytest.raises(DatasetError, match=f"none of its 2 image files is under data.image_root {tmp_path}.*x/0.jpg"):
+        build_manifest(source, tmp_path, TextConfig())  # the folder above images/

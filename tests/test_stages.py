@@ -171,3 +171,16 @@ def test_training_fine_tunes_clip_from_cached_tokens(project):
     assert config["clip_tail"]["model"] == params["clip"]["model"] and model.clip_tail is not None
     assert not torch.equal(model.clip_tail.blocks[-1].mlp.c_fc.weight, clip.model.visual.transformer.resblocks[-1].mlp.c_fc.weight)
     assert json.loads((project / "results/metrics.json").read_text())["n_images"] == 2
+
+
+def test_a_user_error_ends_a_stage_with_one_line_not_a_traceback(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["image_root"] = "data"  # the folder above the world's images
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("GRAPHCAP_TRACEBACK", None)
+    run = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], cwd=project, capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        "stage prepare: DatasetError: data/world/dataset.json: none of its 10 image files is under data.image_root data")

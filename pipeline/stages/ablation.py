@@ -15,7 +15,7 @@ from eval.ablation import variant
 from pipeline import extract
 from pipeline.params import Params
 from pipeline.provenance import expected
-from pipeline.stages.common import for_each_shard, load_manifest, start, write_json
+from pipeline.stages.common import for_each_shard, load_manifest, run_main, start, write_json
 from pipeline.stages.evaluate import evaluate_captioner
 from pipeline.stages.train import train_captioner
 
@@ -70,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,7 +5,7 @@ results/ablation_data.json, which every cell depends on, so the check always run
 from pathlib import Path
 
 from eval.ablation import PHRASE_GROUNDINGS, check_variants
-from pipeline.stages.common import load_manifest, start, write_json
+from pipeline.stages.common import load_manifest, run_main, start, write_json
 from pipeline.stages.train import has_groundings
 
 OUT = Path("results/ablation_data.json")
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from eval.ablation import markdown, summarize, to_csv
 from pipeline.stages.ablation import RESULTS
-from pipeline.stages.common import start, write_json
+from pipeline.stages.common import run_main, start, write_json
 
 
 def main() -> None:
@@ -26,4 +26,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,5 +1,6 @@
 """Stage `clip_image`: CLIP global image embeddings, one shard per manifest slice.
 Resumable; ``--shard i/n`` (or torchrun's RANK/WORLD_SIZE) computes only this rank's shards."""
+from pipeline.stages.common import run_main
 from pipeline.stages.feature_stage import run_stage
 
 
@@ -8,4 +9,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

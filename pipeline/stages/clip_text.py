@@ -10,7 +10,7 @@ from features.regions import load_class_names
 from features.store import write_bank
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of
-from pipeline.stages.common import Rank, for_each_shard, load_manifest, start
+from pipeline.stages.common import Rank, for_each_shard, load_manifest, run_main, start
 
 
 def main() -> None:
@@ -42,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +52,21 @@ class Rank:
         if not 0 <= index < count:
             raise ValueError(f"--shard {index}/{count}: need 0 <= i < n")
         return cls(index, count)
+
+
+# errors in what the user gave (a key, a file, an entry); each message names it
+USER_ERRORS = (ValueError, OSError, StoreError, ImageError)  # ParamsError and DatasetError are ValueErrors
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """A stage's entry point: a user error ends it with one line, naming what is wrong, and exit
+    code 1 instead of a traceback (GRAPHCAP_TRACEBACK=1 shows the traceback)."""
+    try:
+        main()
+    except USER_ERRORS as err:
+        if os.environ.get("GRAPHCAP_TRACEBACK"):
+            raise
+        sys.exit(f"stage {Path(sys.argv[0]).stem}: {type(err).__name__}: {err}")  # argv[0]: the stage's file
 
 
 def start(params_file: Path = Path("params.yaml")) -> Params:

@@ -19,7 +19,8 @@ from features.store import check_provenance
 from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
-from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder, write_json
+from pipeline.stages.common import (load_manifest, open_features, run_main, split_indices, start, text_encoder,
+                                    write_json)
 from pipeline.stages.train import OUT
 from train.data import CachedFeatures, Images
 from train.decode import caption_images
@@ -105,4 +106,4 @@ def print_table(metrics: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from pipeline.datasets import build_manifest
-from pipeline.stages.common import MANIFEST, start, write_json
+from pipeline.stages.common import MANIFEST, run_main, start, write_json
 
 
 def main() -> None:
@@ -13,4 +13,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

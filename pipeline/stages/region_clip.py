@@ -1,4 +1,5 @@
 """Stage `region_clip`: CLIP image embeddings of every stored region's crop. Resumable, by rank."""
+from pipeline.stages.common import run_main
 from pipeline.stages.feature_stage import run_stage
 
 
@@ -7,4 +8,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,5 +1,6 @@
 """Stage `region_keywords`: each region's local keywords, from the detector's labels or by FAISS
 retrieval over the CLIP-encoded object bank with the region crop's CLIP embedding."""
+from pipeline.stages.common import run_main
 from pipeline.stages.feature_stage import run_stage
 
 
@@ -8,4 +9,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

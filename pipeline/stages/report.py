@@ -8,7 +8,7 @@ from pathlib import Path
 from eval.report import ReportItem, explain, write_report
 from pipeline.datasets import image_paths
 from pipeline.runtime import device_of
-from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder
+from pipeline.stages.common import load_manifest, open_features, run_main, split_indices, start, text_encoder
 from pipeline.stages.evaluate import ERROR_ANALYSIS
 from pipeline.stages.train import OUT
 from train.data import Images, collate
@@ -55,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

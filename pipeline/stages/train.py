@@ -19,7 +19,8 @@ from pipeline.params import Params
 from pipeline.provenance import expected, keyword_bank
 from pipeline.world import ground_caption
 from pipeline.runtime import device_of
-from pipeline.stages.common import load_manifest, open_features, split_indices, start, text_encoder, write_json
+from pipeline.stages.common import (load_manifest, open_features, run_main, split_indices, start, text_encoder,
+                                    write_json)
 from train.data import CaptionPairs, Grounding, Images, labelled_split
 from train.decode import DecodeConfig, caption_images
 from train.distributed import World, process_group
@@ -113,4 +114,4 @@ def has_groundings(image: dict) -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,7 +1,7 @@
 """Stage `world`: generate the demo world (images + Karpathy JSON) into data/world."""
 from pathlib import Path
 
-from pipeline.stages.common import start
+from pipeline.stages.common import run_main, start
 from pipeline.world import generate_world
 
 
@@ -11,4 +11,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
