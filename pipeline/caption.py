@@ -17,10 +17,12 @@ import json
 import logging
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from features.store import StoreError, check_provenance
 from pipeline.extract import IMAGE_FEATURES
@@ -95,6 +97,15 @@ def trained_on(model_dir: Path) -> str | None:
     return json.loads(config.read_text()).get("dataset")
 
 
+def quiet() -> None:
+    """Only warnings and errors on stderr: the libraries' set-up logs, progress bars and
+    deprecation notices say nothing to someone captioning a photo."""
+    logging.getLogger().setLevel(logging.WARNING)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
@@ -103,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the parameters naming the extractors' weights (and decoding)")
     parser.add_argument("--decode", choices=("greedy", "beam", "hybrid"), help="override evaluate.decode.method")
     parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
+    parser.add_argument("--verbose", action="store_true", help="the extractors' logs and progress bars on stderr")
     args = parser.parse_args(argv)
     try:  # what the user gave (files, folder, params, model) is wrong: one line naming it, no traceback
         params = start(args.params)
+        if not args.verbose:
+            quiet()
         if args.decode:
             decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
             params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))

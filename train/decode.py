@@ -46,7 +46,7 @@ def search(model: Captioner, embeds: torch.Tensor, cfg: DecodeConfig, greedy_ste
     with EOS; the best beam maximises log p / length ** length_penalty."""
     eos = model.tokenizer.eos_token_id
     out = model.gpt2(inputs_embeds=embeds, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+    cache, logits = out.cache, out.logits[:, -1].float()  # (B, V)
     batch = embeds.shape[0]
     tokens = torch.zeros(batch, 0, dtype=torch.long, device=embeds.device)
     done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
@@ -73,8 +73,8 @@ def search(model: Captioner, embeds: torch.Tensor, cfg: DecodeConfig, greedy_ste
         if bool(done.all()):
             break
         cache.reorder_cache(rows)
-        out = model.gpt2(input_ids=words[:, None], past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        out = model.gpt2(input_ids=words[:, None], cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1].float()
     final, order = (scores / lengths.clamp_min(1) ** cfg.length_penalty).view(batch, width).sort(dim=-1, descending=True, stable=True)
     rows = (torch.arange(batch, device=embeds.device)[:, None] * width + order).flatten()
     return tokens[rows].view(batch, width, -1), final

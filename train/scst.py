@@ -33,7 +33,7 @@ def sample(model: Captioner, embeds: torch.Tensor, max_tokens: int) -> torch.Ten
         done |= words == eos
         if bool(done.all()):
             break
-        out = model.gpt2(input_ids=words[:, None], past_key_values=out.past_key_values, use_cache=True)
+        out = model.gpt2(input_ids=words[:, None], cache=out.cache, use_cache=True)
     return torch.stack(steps, dim=1)
 
 

@@ -130,7 +130,7 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
             if not _is_current(shard_path(store, kind, i), kind, provenance, [e["id"] for e in images[slices[i]]])]
     log.info("%s: %d of %d shards to compute (rank %d/%d)", kind, len(todo), len(slices), rank.index, rank.count)
     with tqdm(total=sum(slices[i].stop - slices[i].start for i in todo), desc=kind, unit="img",
-              smoothing=0.1) as bar:
+              smoothing=0.1, disable=not log.isEnabledFor(logging.INFO)) as bar:  # a bar is INFO too
         for index in todo:
             entries = images[slices[index]]
             arrays, errors = compute(index, entries, bar.update)
