@@ -11,9 +11,13 @@ evaluation can judge captions against. Everything is deterministic given the see
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
+import multiprocessing
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,30 +221,42 @@ def _split_of(index: int, cfg: WorldConfig) -> str:
     return "val" if index < cfg.n_train + cfg.n_val else "test"
 
 
-def generate_world(cfg: WorldConfig, out_dir: Path) -> Path:
-    """Write images to ``out_dir/images`` and the Karpathy JSON to ``out_dir/dataset.json``."""
+def _make_image(index: int, cfg: WorldConfig, image_dir: Path) -> dict[str, Any]:
+    """Render and save image ``index``; its Karpathy entry without sentence ids. Everything comes
+    from the image's own random stream, so any worker may make any image."""
+    rng = random.Random(f"{cfg.seed}-{index}")  # per-image stream: stable when sizes change
+    scene = rng.choice(SCENES)
+    objects = _place_objects(rng, cfg)
+    filename = f"{index:06d}.png"
+    render_image(objects, scene, cfg, rng).save(image_dir / filename)
+    captions = make_captions(objects, scene, rng)
+    return {
+        "filepath": "images", "filename": filename, "imgid": index, "split": _split_of(index, cfg),
+        "sentences": [{"raw": c, "tokens": c.replace(":", "").replace(",", "").split(), "imgid": index}
+                      for c in captions],
+        "scene": scene,
+        "objects": [{"shape": o.shape, "color": o.color, "size": o.size, "box": list(o.box)} for o in objects],
+    }
+
+
+def generate_world(cfg: WorldConfig, out_dir: Path, workers: int | None = None) -> Path:
+    """Write images to ``out_dir/images`` and the Karpathy JSON to ``out_dir/dataset.json``, in
+    ``workers`` processes (default: one per CPU core); the output does not depend on their number."""
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    sentid = 0
     total = cfg.n_train + cfg.n_val + cfg.n_test
-    for index in tqdm(range(total), desc="world", unit="img"):
-        rng = random.Random(f"{cfg.seed}-{index}")  # per-image stream: stable when sizes change
-        scene = rng.choice(SCENES)
-        objects = _place_objects(rng, cfg)
-        filename = f"{index:06d}.png"
-        render_image(objects, scene, cfg, rng).save(image_dir / filename)
-        captions = make_captions(objects, scene, rng)
-        sentences = [
-            {"raw": c, "tokens": c.replace(":", "").replace(",", "").split(), "imgid": index, "sentid": sentid + k}
-            for k, c in enumerate(captions)
-        ]
-        entries.append({
-            "filepath": "images", "filename": filename, "imgid": index, "split": _split_of(index, cfg),
-            "sentids": [s["sentid"] for s in sentences], "sentences": sentences, "scene": scene,
-            "objects": [{"shape": o.shape, "color": o.color, "size": o.size, "box": list(o.box)} for o in objects],
-        })
-        sentid += len(sentences)
+    make = functools.partial(_make_image, cfg=cfg, image_dir=image_dir)
+    workers = workers or os.cpu_count() or 1
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        made = pool.imap(make, range(total), chunksize=256) if pool else map(make, range(total))
+        entries = list(tqdm(made, total=total, desc="world", unit="img"))
+    sentid = 0
+    for entry in entries:  # sentence ids run over the whole data set, in image order
+        sentences = entry.pop("sentences")
+        for sentence in sentences:
+            sentence["sentid"], sentid = sentid, sentid + 1
+        ground_truth = {key: entry.pop(key) for key in ("scene", "objects")}
+        entry.update(sentids=[s["sentid"] for s in sentences], sentences=sentences, **ground_truth)
     dataset_path = out_dir / "dataset.json"
     tmp = dataset_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"dataset": DATASET_NAME, "images": entries}))

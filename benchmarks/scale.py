@@ -1,0 +1,223 @@
+"""COCO-scale benchmark: the real main job through DVC on demo worlds of growing size, up to
+COCO's 123,287 images, each step timed, its memory and the bytes on disk recorded.
+
+    python benchmarks/scale.py [--images 2000 20000 123287] [--work DIR] [--keep]
+
+For each size a temporary copy of this project gets a demo world with COCO's split proportions
+(5,000 val and 5,000 test images at full size), the demo's params.yaml with one training epoch,
+and a git repository; then every step runs as its own process: each stage of the main job through
+`dvc repro -s` (world, prepare, the six feature stages, train, evaluate, report), `verify`, a
+no-op `dvc repro`, `dvc status`, `dvc push` to a local-folder remote and `dvc pull` into a fresh
+git clone. Wall time, peak RSS of the step's whole process tree (sampled every 0.1 s) and bytes
+on disk go to benchmarks/results/scale.json; sizes measured by earlier runs are kept, so sizes
+can be run one invocation at a time. The log-log plot of seconds against images is redrawn from
+the whole file (scale.png). Needs `pip install -e .[bench]` (matplotlib, psutil).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.paper_check import copy_project  # noqa: E402
+
+RESULTS = ROOT / "benchmarks/results"
+COCO_IMAGES, COCO_HELD_OUT = 123_287, 5_000  # Karpathy splits: 5,000 val and 5,000 test images
+MAIN_JOB = ("prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords", "region_clip",
+            "train", "evaluate", "report")
+GIT = ["git", "-c", "user.name=scale", "-c", "user.email=scale@example.invalid"]
+
+
+def world_splits(images: int) -> dict[str, int]:
+    """COCO's split proportions at ``images`` images (5,000 val and 5,000 test at 123,287)."""
+    held_out = max(1, round(images * COCO_HELD_OUT / COCO_IMAGES))
+    return {"n_train": images - 2 * held_out, "n_val": held_out, "n_test": held_out}
+
+
+def run_step(command: list[str], cwd: Path, log_file: Path) -> dict[str, float]:
+    """Run ``command``; its wall time and the peak RSS of its process tree (children included)."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    started, peak = time.perf_counter(), 0
+    with log_file.open("a") as out:
+        out.write(f"\n$ {' '.join(command)}\n")
+        out.flush()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            peak = max(peak, _tree_rss(root))
+            time.sleep(0.1)
+    seconds = time.perf_counter() - started
+    if process.returncode:
+        tail = "".join(log_file.read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"{' '.join(command)} failed (exit {process.returncode}) in {cwd}:\n{tail}")
+    return {"seconds": seconds, "peak_rss_mb": peak / 2**20}
+
+
+def _tree_rss(root: psutil.Process) -> int:
+    total = 0
+    try:
+        for process in [root, *root.children(recursive=True)]:
+            total += process.memory_info().rss
+    except psutil.Error:  # a child ended between the listing and the reading
+        pass
+    return total
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def make_project(project: Path, images: int) -> None:
+    """A copy of this project with a demo world of ``images`` images, one epoch, a git repository
+    and a local-folder DVC remote beside it."""
+    project.mkdir(parents=True)
+    copy_project(project)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["world"].update(world_splits(images))
+    params["train"].update(phase1_epochs=0, phase2_epochs=1)  # one epoch, GPT-2 trained too
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scale benchmark"]):
+        subprocess.run(GIT + command, cwd=project, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "remote", "add", "-d", "local",
+                    str(project.parent / "remote")], cwd=project, check=True, capture_output=True)
+
+
+def steps(project: Path) -> list[tuple[str, list[str], Path]]:
+    """(name, command, folder) of every measured step, in order."""
+    bin_dir = Path(sys.executable).parent
+    dvc, clone = str(bin_dir / "dvc"), project.parent / "clone"
+    return [("world", [dvc, "repro", "-s", "data/dvc.yaml:world"], project),
+            *[(stage, [dvc, "repro", "-s", stage], project) for stage in MAIN_JOB],
+            ("verify", [str(bin_dir / "graphcap-verify")], project),
+            ("noop_repro", [dvc, "repro"], project),
+            ("status", [dvc, "status"], project),
+            ("push", [dvc, "push"], project),
+            ("pull", [dvc, "pull"], clone)]  # in a fresh git clone, made just before
+
+
+def clone_project(project: Path, clone: Path) -> None:
+    """Commit the run (dvc.lock, the remote's config) and clone it, as a collaborator would."""
+    subprocess.run(GIT + ["add", "-A"], cwd=project, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "scale benchmark: the run"], cwd=project, check=True)
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+
+
+def measure(images: int, work: Path) -> dict:
+    """Every step at one size; the project is left in ``work``."""
+    project = work / "project"
+    make_project(project, images)
+    record = {"steps": {}}
+    for name, command, cwd in steps(project):
+        if name == "pull":
+            clone_project(project, cwd)
+        print(f"[{images} images] {name} ...", flush=True)
+        record["steps"][name] = run_step(command, cwd, work / "steps.log")
+        print(f"[{images} images] {name}: {record['steps'][name]['seconds']:.1f} s, "
+              f"{record['steps'][name]['peak_rss_mb']:.0f} MB", flush=True)
+    cache = project / ".dvc/cache"
+    record["disk"] = {"workspace": folder_bytes(project) - folder_bytes(cache), "dvc_cache": folder_bytes(cache),
+                      "remote": folder_bytes(work / "remote"), "images": folder_bytes(project / "data/world"),
+                      "features": folder_bytes(project / "data/features")}
+    record["disk_bytes"] = record["disk"]["workspace"] + record["disk"]["dvc_cache"]
+    return record
+
+
+def write_results(runs: dict[int, dict]) -> Path:
+    """scale.json in the issue's form (one list entry per size, ascending) plus the disk detail."""
+    sizes = sorted(runs)
+    names = list(dict.fromkeys(name for size in sizes for name in runs[size]["steps"]))
+    table = {
+        "sizes": sizes,
+        "steps": {name: {key: [runs[size]["steps"].get(name, {}).get(key) for size in sizes]
+                         for key in ("seconds", "peak_rss_mb")} for name in names},
+        "disk_bytes": [runs[size]["disk_bytes"] for size in sizes],
+        "disk_detail": {key: [runs[size]["disk"][key] for size in sizes] for key in runs[sizes[0]]["disk"]},
+        "machine": f"{os.cpu_count()} CPU cores, no GPU",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "scale.json"
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return path
+
+
+def load_runs() -> dict[int, dict]:
+    """Sizes measured before, back in the per-size form."""
+    path = RESULTS / "scale.json"
+    if not path.exists():
+        return {}
+    table = json.loads(path.read_text())
+    return {size: {"steps": {name: {key: values[key][k] for key in values}
+                             for name, values in table["steps"].items() if values["seconds"][k] is not None},
+                   "disk_bytes": table["disk_bytes"][k],
+                   "disk": {key: values[k] for key, values in table["disk_detail"].items()}}
+            for k, size in enumerate(table["sizes"])}
+
+
+def slopes(runs: dict[int, dict]) -> dict[str, float]:
+    """Log-log slope of each step's seconds between the two largest sizes."""
+    small, large = sorted(runs)[-2:]
+    return {name: math.log(runs[large]["steps"][name]["seconds"] / runs[small]["steps"][name]["seconds"])
+            / math.log(large / small) for name in runs[large]["steps"] if name in runs[small]["steps"]}
+
+
+def plot(runs: dict[int, dict]) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(runs)
+    figure, axes = plt.subplots(figsize=(9, 6))
+    for name in runs[sizes[-1]]["steps"]:
+        points = [(size, runs[size]["steps"][name]["seconds"]) for size in sizes if name in runs[size]["steps"]]
+        axes.plot(*zip(*points), marker="o", label=name)
+    axes.plot(sizes, [size / sizes[0] for size in sizes], "k:", label="slope 1 (linear), from 1 s")
+    axes.set(xscale="log", yscale="log", xlabel="images", ylabel="seconds (2-core CPU)",
+             title="graphcap main job: time of each step against data-set size")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    path = RESULTS / "scale.png"
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, nargs="+", default=[2000, 20000, COCO_IMAGES])
+    parser.add_argument("--work", type=Path, help="where the temporary projects go (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep each size's project, remote and clone")
+    args = parser.parse_args(argv)
+    runs = load_runs()
+    for images in args.images:
+        work = Path(tempfile.mkdtemp(prefix=f"graphcap-scale-{images}-", dir=args.work))
+        started = time.perf_counter()
+        try:
+            runs[images] = measure(images, work)
+        except RuntimeError as err:
+            print(f"scale: FAILED at {images} images: {err}\n(kept: {work})", file=sys.stderr)
+            return 1
+        print(f"[{images} images] all steps: {(time.perf_counter() - started) / 60:.1f} min; "
+              f"wrote {write_results(runs)}", flush=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if len(runs) >= 2:
+        plot(runs)
+        for name, slope in slopes(runs).items():
+            print(f"  {name:<16} slope {slope:5.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
