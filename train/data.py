@@ -40,6 +40,7 @@ class CachedFeatures:
     def __init__(self, spec: StoreSpec, with_tokens: bool = False, with_text: bool = True,
                  with_region_clip: bool = False):
         self.with_tokens = with_tokens  # also the cached ViT tokens (for fine-tuning CLIP's last blocks)
+        self.shard_size, self.max_open_shards = spec.shard_size, spec.max_open_shards
         left_out = {"clip_text"} if not with_text else set()  # new images have no captions
         if not with_region_clip:  # only models that read the regions' CLIP embeddings need them
             left_out.add("region_clip")
@@ -163,6 +164,10 @@ class CaptionPairs(Dataset):
     def __len__(self) -> int:
         return len(self.image)
 
+    def item_shards(self) -> np.ndarray:
+        """(P,) the store shard of each pair's image (the trainer batches shard-aware)."""
+        return self.image // self.features.shard_size
+
     def __getitem__(self, k: int) -> dict[str, Any]:
         return self.__getitems__([k])[0]
 
@@ -197,6 +202,9 @@ class Images(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def item_shards(self) -> np.ndarray:
+        return np.asarray(self.indices, dtype=np.int64) // self.features.shard_size
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         return self.__getitems__([k])[0]

@@ -82,15 +82,38 @@ class GlobalBatches(Sampler[list[int]]):
     process draws the same global batches of ``batch_size`` and takes its contiguous share of each:
     the union over ranks of one step is exactly the single-process batch, which is what makes a
     DDP run comparable to a one-process run. A last global batch smaller than the world is dropped
-    (no rank may get an empty batch)."""
+    (no rank may get an empty batch).
 
-    def __init__(self, n_items: int, batch_size: int, seed: int, epoch: int, world: World):
+    With ``item_shards`` (the store shard each item's image lives in) and more shards than
+    ``window``, the shuffle is a block shuffle: the shards are shuffled, taken ``window`` at a
+    time, and the items of each window shuffled together. A batch then reads from at most
+    2 × ``window`` shards (one straddling two windows), so the readers' open-shard cache holds them
+    all; a full shuffle over COCO's 123 shards of 1,000 would reopen files in every batch (an epoch
+    at 20k images took 45× the time at 2k). With ``window`` or fewer shards it is the full shuffle."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, epoch: int, world: World,
+                 item_shards: np.ndarray | None = None, window: int = 0):
         self.n_items, self.batch_size, self.world = n_items, batch_size, world
         self.shuffle_seed = seed * 100_003 + epoch
+        self.item_shards, self.window = item_shards, window
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.shuffle_seed)
+        shards = None if self.item_shards is None else np.unique(self.item_shards)
+        if shards is None or len(shards) <= max(self.window, 1):
+            return torch.randperm(self.n_items, generator=generator).tolist()
+        by_shard = np.argsort(self.item_shards, kind="stable")  # items grouped by shard, in item order
+        starts = np.searchsorted(self.item_shards[by_shard], shards)
+        ends = np.append(starts[1:], len(by_shard))
+        shard_order = torch.randperm(len(shards), generator=generator).numpy()
+        order = []
+        for first in range(0, len(shards), self.window):
+            members = np.concatenate([by_shard[starts[s]:ends[s]] for s in shard_order[first:first + self.window]])
+            order.append(members[torch.randperm(len(members), generator=generator).numpy()])
+        return np.concatenate(order).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.shuffle_seed)
-        order = torch.randperm(self.n_items, generator=generator).tolist()
+        order = self._order()
         for start in range(0, self.n_items, self.batch_size):
             batch = order[start:start + self.batch_size]
             if len(batch) >= self.world.size:

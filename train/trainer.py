@@ -178,6 +178,16 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _batches(data, cfg: TrainConfig, epoch: int, world: World) -> GlobalBatches:
+    """Shard-aware batches over the feature store (``train.data.CaptionPairs``, ``Images``), so a
+    batch's shards stay open in the readers; a plain shuffle for items held in memory."""
+    features = getattr(data, "features", None)
+    if features is None:
+        return GlobalBatches(len(data), cfg.batch_size, cfg.seed, epoch, world)
+    return GlobalBatches(len(data), cfg.batch_size, cfg.seed, epoch, world, data.item_shards(),
+                         window=features.max_open_shards // 2)
+
+
 def _train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scaler, autocast,
                  cfg: TrainConfig, device: torch.device, desc: str) -> dict[str, float]:
     """One pass over the loader; returns the mean of each loss part."""
@@ -242,8 +252,7 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
                     group["lr"] = cfg.scst_lr
                 best = {score_key: -math.inf}
             data = unlabelled.images if phase == SCST else train_set
-            batches = GlobalBatches(len(data), cfg.batch_size, cfg.seed, epoch, world)
-            loader = DataLoader(data, batch_sampler=batches, num_workers=cfg.num_workers, collate_fn=collate_fn)
+            loader = DataLoader(data, batch_sampler=_batches(data, cfg, epoch, world), num_workers=cfg.num_workers, collate_fn=collate_fn)
             objective = _objective(model, cfg, world, device, phase, unlabelled)
             losses = mean_over_ranks(_train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
                                                   f"epoch {epoch} (phase {phase})"), world)
