@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 import yaml
@@ -38,6 +39,7 @@ RESULTS = ROOT / "benchmarks/results"
 COCO_IMAGES, COCO_HELD_OUT = 123_287, 5_000  # Karpathy splits: 5,000 val and 5,000 test images
 MAIN_JOB = ("prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords", "region_clip",
             "train", "evaluate", "report")
+DISK = ("workspace", "dvc_cache", "remote", "images", "features")  # bytes on disk after the run, by place
 GIT = ["git", "-c", "user.name=scale", "-c", "user.email=scale@example.invalid"]
 
 
@@ -115,8 +117,9 @@ def clone_project(project: Path, clone: Path) -> None:
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
 
 
-def measure(images: int, work: Path) -> dict:
-    """Every step at one size; the project is left in ``work``."""
+def measure(images: int, work: Path, save: Callable[[dict], object]) -> dict:
+    """Every step at one size; the project is left in ``work``. ``save`` gets the record after
+    each step, so a run cut off at 123k images keeps the steps it finished."""
     project = work / "project"
     make_project(project, images)
     record = {"steps": {}}
@@ -127,6 +130,7 @@ def measure(images: int, work: Path) -> dict:
         record["steps"][name] = run_step(command, cwd, work / "steps.log")
         print(f"[{images} images] {name}: {record['steps'][name]['seconds']:.1f} s, "
               f"{record['steps'][name]['peak_rss_mb']:.0f} MB", flush=True)
+        save(record)
     cache = project / ".dvc/cache"
     record["disk"] = {"workspace": folder_bytes(project) - folder_bytes(cache), "dvc_cache": folder_bytes(cache),
                       "remote": folder_bytes(work / "remote"), "images": folder_bytes(project / "data/world"),
@@ -143,8 +147,8 @@ def write_results(runs: dict[int, dict]) -> Path:
         "sizes": sizes,
         "steps": {name: {key: [runs[size]["steps"].get(name, {}).get(key) for size in sizes]
                          for key in ("seconds", "peak_rss_mb")} for name in names},
-        "disk_bytes": [runs[size]["disk_bytes"] for size in sizes],
-        "disk_detail": {key: [runs[size]["disk"][key] for size in sizes] for key in runs[sizes[0]]["disk"]},
+        "disk_bytes": [runs[size].get("disk_bytes") for size in sizes],
+        "disk_detail": {key: [runs[size].get("disk", {}).get(key) for size in sizes] for key in DISK},
         "machine": f"{os.cpu_count()} CPU cores, no GPU",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -162,7 +166,7 @@ def load_runs() -> dict[int, dict]:
     return {size: {"steps": {name: {key: values[key][k] for key in values}
                              for name, values in table["steps"].items() if values["seconds"][k] is not None},
                    "disk_bytes": table["disk_bytes"][k],
-                   "disk": {key: values[k] for key, values in table["disk_detail"].items()}}
+                   "disk": {key: values[k] for key, values in table["disk_detail"].items() if values[k] is not None}}
             for k, size in enumerate(table["sizes"])}
 
 
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix=f"graphcap-scale-{images}-", dir=args.work))
         started = time.perf_counter()
         try:
-            runs[images] = measure(images, work)
+            runs[images] = measure(images, work, lambda record: write_results({**runs, images: record}))
         except RuntimeError as err:
             print(f"scale: FAILED at {images} images: {err}\n(kept: {work})", file=sys.stderr)
             return 1

@@ -94,7 +94,7 @@ def load_checkpoint(path: Path, fingerprint: str, world_size: int = 1) -> dict |
     return state
 
 
-def _mixed_precision(precision: str, device: torch.device):
+def mixed_precision(precision: str, device: torch.device):
     """(autocast context, gradient scaler) for ``train.precision``; the scaler only acts for fp16."""
     dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
@@ -188,7 +188,7 @@ def _batches(data, cfg: TrainConfig, epoch: int, world: World) -> GlobalBatches:
                          window=features.max_open_shards // 2)
 
 
-def _train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scaler, autocast,
+def train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scaler, autocast,
                  cfg: TrainConfig, device: torch.device, desc: str) -> dict[str, float]:
     """One pass over the loader; returns the mean of each loss part."""
     sums: dict[str, float] = {}
@@ -235,7 +235,7 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
         _set_rng_state(state["rng"][world.rank])
         best, start = state["best"], state["epoch"] + 1
         log.info("resuming after epoch %d from %s", state["epoch"], checkpoint)
-    autocast, scaler = _mixed_precision(cfg.precision, device)
+    autocast, scaler = mixed_precision(cfg.precision, device)
     if cfg.compile:
         model.gpt2.forward = torch.compile(model.gpt2.forward)
     collate_fn = partial(collate, pad_id=model.tokenizer.pad_token_id)
@@ -254,7 +254,7 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
             data = unlabelled.images if phase == SCST else train_set
             loader = DataLoader(data, batch_sampler=_batches(data, cfg, epoch, world), num_workers=cfg.num_workers, collate_fn=collate_fn)
             objective = _objective(model, cfg, world, device, phase, unlabelled)
-            losses = mean_over_ranks(_train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
+            losses = mean_over_ranks(train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
                                                   f"epoch {epoch} (phase {phase})"), world)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
