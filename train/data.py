@@ -150,16 +150,21 @@ class CaptionPairs(Dataset):
         self.caption = np.concatenate([np.arange(len(c)) for c in captions]) if captions else np.zeros(0, np.int64)
         texts = [t for caps in captions for t in caps]
         self.tokens, self.offsets = tokenize_captions(tokenizer, texts, max_tokens)
-        self.token_phrase, self.phrase_boxes = None, []  # (total tokens,) into phrase_boxes, -1: none
-        self._ground: dict[int, np.ndarray] = {}  # pair → its (T, N) grounding, once computed
+        # groundings, flat (no Python object per phrase: COCO-size sets have millions of phrases):
+        # token → phrase (-1: none), phrase p's boxes are phrase_boxes[box_offsets[p]:box_offsets[p + 1]]
+        self.token_phrase, self.phrase_boxes, self.box_offsets = None, np.zeros((0, 4), np.float32), np.zeros(1, np.int64)
         if groundings is not None:
             phrases = [p for caps in groundings for p in caps]
             self.token_phrase = np.full(len(self.tokens), -1, dtype=np.int32)
+            boxes, n_phrases = [], 0
             for k, (text, caption_phrases) in enumerate(zip(texts, phrases)):
                 local = token_phrases(tokenizer, text, caption_phrases, self.offsets[k + 1] - self.offsets[k])
-                self.token_phrase[self.offsets[k]:self.offsets[k + 1]] = np.where(
-                    local >= 0, local + len(self.phrase_boxes), -1)
-                self.phrase_boxes += [torch.tensor(boxes, dtype=torch.float32).view(-1, 4) for _, _, boxes in caption_phrases]
+                self.token_phrase[self.offsets[k]:self.offsets[k + 1]] = np.where(local >= 0, local + n_phrases, -1)
+                boxes += [np.asarray(b, dtype=np.float32).reshape(-1, 4) for _, _, b in caption_phrases]
+                n_phrases += len(caption_phrases)
+            if boxes:
+                self.phrase_boxes = np.concatenate(boxes)
+                self.box_offsets = np.concatenate([[0], np.cumsum([len(b) for b in boxes])])
 
     def __len__(self) -> int:
         return len(self.image)
@@ -179,18 +184,24 @@ class CaptionPairs(Dataset):
             item["tokens"] = self.tokens[self.offsets[k]:self.offsets[k + 1]]
             item["index"] = int(self.image[k])
             if self.token_phrase is not None:
-                if k not in self._ground:  # the same every epoch: computed once (it was a tenth of an epoch)
-                    self._ground[k] = self.ground(self.token_phrase[self.offsets[k]:self.offsets[k + 1]], item["boxes"])
-                item["ground"] = self._ground[k]
+                item["ground"] = self.ground(self.token_phrase[self.offsets[k]:self.offsets[k + 1]], item["boxes"])
         return items
 
     def ground(self, token_phrase: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """(T, N): token t is grounded to region n."""
+        """(T, N): token t is grounded to region n. One IoU call for all the caption's phrases
+        (cheap enough per batch that nothing is cached: a cache grew with the data set)."""
         ground = np.zeros((len(token_phrase), len(boxes)), dtype=bool)
-        regions = torch.from_numpy(boxes).float()
-        for p in np.unique(token_phrase[token_phrase >= 0]):
-            shows = (box_iou(regions, self.phrase_boxes[p]) >= GROUNDING_IOU).any(dim=1).numpy()  # (N,)
-            ground[token_phrase == p] = shows
+        phrases = np.unique(token_phrase[token_phrase >= 0])  # (P,)
+        starts, ends = self.box_offsets[phrases], self.box_offsets[phrases + 1]
+        if not len(phrases) or not len(boxes) or (ends == starts).all():
+            return ground
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])  # (M,) the phrases' boxes
+        owner = np.repeat(np.arange(len(phrases)), ends - starts)  # (M,) phrase of each box
+        overlaps = box_iou(torch.from_numpy(boxes).float(), torch.from_numpy(self.phrase_boxes[rows])) >= GROUNDING_IOU
+        shows = np.zeros((len(phrases), len(boxes)), dtype=bool)  # (P, N)
+        np.logical_or.at(shows, owner, overlaps.numpy().T)
+        grounded = token_phrase >= 0
+        ground[grounded] = shows[np.searchsorted(phrases, token_phrase[grounded])]
         return ground
 
 
