@@ -93,13 +93,13 @@ def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: list[str], m
     """Every caption's token ids followed by EOS (GPT-2 appends no special tokens itself), cut to
     ``max_tokens``, as one flat int32 array and offsets (n + 1,): compact, and tokenized once
     rather than in every epoch."""
-    lengths, flat = [0], []
+    lengths, chunks = [0], []  # one array per chunk: no Python object per caption survives a chunk
     for start in range(0, len(captions), chunk):
-        for ids in tokenizer(captions[start:start + chunk], add_special_tokens=False).input_ids:
-            ids = ids[: max_tokens - 1] + [tokenizer.eos_token_id]
-            flat.append(np.asarray(ids, dtype=np.int32))
-            lengths.append(len(ids))
-    return (np.concatenate(flat) if flat else np.zeros(0, np.int32)), np.cumsum(lengths)
+        cut = [ids[: max_tokens - 1] + [tokenizer.eos_token_id]
+               for ids in tokenizer(captions[start:start + chunk], add_special_tokens=False).input_ids]
+        chunks.append(np.fromiter((t for ids in cut for t in ids), dtype=np.int32))
+        lengths += [len(ids) for ids in cut]
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.int32)), np.cumsum(lengths)
 
 
 def labelled_split(indices: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
