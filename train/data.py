@@ -9,7 +9,7 @@ import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -138,33 +138,43 @@ class CaptionPairs(Dataset):
     """One item per (image, reference caption) pair of the given images: the training set. The
     index is a few numpy arrays (no Python object per pair), so it stays small at COCO scale.
 
-    With ``groundings`` (per image, per caption, its phrases), each item also says which of its
+    With ``groundings`` (per image, per caption, its phrases; any iterable, read once), each item also says which of its
     image's regions every token is grounded to (``ground``, (T, N) bool: the regions whose box
     overlaps a box of the token's phrase by IoU ≥ GROUNDING_IOU), for the grounding loss."""
 
+    BOX_CHUNK = 100_000  # phrase boxes gathered into one array at a time while indexing
+
     def __init__(self, features: CachedFeatures, indices: list[int], captions: list[list[str]],
                  tokenizer: PreTrainedTokenizerBase, max_tokens: int,
-                 groundings: list[list[Sequence[Grounding]]] | None = None):
+                 groundings: Iterable[Sequence[Sequence[Grounding]]] | None = None):
         self.features = features
         self.image = np.repeat(np.asarray(indices, dtype=np.int64), [len(c) for c in captions])  # (P,)
         self.caption = np.concatenate([np.arange(len(c)) for c in captions]) if captions else np.zeros(0, np.int64)
         texts = [t for caps in captions for t in caps]
         self.tokens, self.offsets = tokenize_captions(tokenizer, texts, max_tokens)
-        # groundings, flat (no Python object per phrase: COCO-size sets have millions of phrases):
-        # token → phrase (-1: none), phrase p's boxes are phrase_boxes[box_offsets[p]:box_offsets[p + 1]]
+        # groundings: token → phrase (-1: none), phrase p's boxes are phrase_boxes[box_offsets[p]:box_offsets[p + 1]]
         self.token_phrase, self.phrase_boxes, self.box_offsets = None, np.zeros((0, 4), np.float32), np.zeros(1, np.int64)
         if groundings is not None:
-            phrases = [p for caps in groundings for p in caps]
-            self.token_phrase = np.full(len(self.tokens), -1, dtype=np.int32)
-            boxes, n_phrases = [], 0
-            for k, (text, caption_phrases) in enumerate(zip(texts, phrases)):
-                local = token_phrases(tokenizer, text, caption_phrases, self.offsets[k + 1] - self.offsets[k])
-                self.token_phrase[self.offsets[k]:self.offsets[k + 1]] = np.where(local >= 0, local + n_phrases, -1)
-                boxes += [np.asarray(b, dtype=np.float32).reshape(-1, 4) for _, _, b in caption_phrases]
-                n_phrases += len(caption_phrases)
-            if boxes:
-                self.phrase_boxes = np.concatenate(boxes)
-                self.box_offsets = np.concatenate([[0], np.cumsum([len(b) for b in boxes])])
+            self._index_groundings(tokenizer, texts, groundings)
+
+    def _index_groundings(self, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                          groundings: Iterable[Sequence[Sequence[Grounding]]]) -> None:
+        """Flat grounding arrays, ``groundings`` consumed image by image: no Python object per
+        phrase survives (COCO-size sets have millions of phrases)."""
+        self.token_phrase = np.full(len(self.tokens), -1, dtype=np.int32)
+        counts, chunks, pending = [], [], []  # boxes per phrase; boxes gathered in chunks
+        phrases = (p for caps in groundings for p in caps)
+        for k, (text, caption_phrases) in enumerate(zip(texts, phrases, strict=True)):
+            local = token_phrases(tokenizer, text, caption_phrases, self.offsets[k + 1] - self.offsets[k])
+            self.token_phrase[self.offsets[k]:self.offsets[k + 1]] = np.where(local >= 0, local + len(counts), -1)
+            for _, _, boxes in caption_phrases:
+                pending.append(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+                counts.append(len(pending[-1]))
+            if len(pending) >= self.BOX_CHUNK:
+                chunks, pending = chunks + [np.concatenate(pending)], []
+        if counts:
+            self.phrase_boxes = np.concatenate(chunks + pending)
+            self.box_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.image)

@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -95,17 +96,18 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
                  checkpoint=checkpoint, fingerprint=fingerprint, world=world, unlabelled=unlabelled)
 
 
-def groundings(params: Params, images: list[dict]) -> list[list[list[Grounding]]] | None:
-    """Phrase groundings of every caption, for the grounding loss (else None). Only the demo world
-    has them here (read from its ground truth); a data set with phrase-box annotations (Flickr30k
-    Entities) would supply them in the same form."""
+def groundings(params: Params, images: list[dict]) -> Iterator[list[list[Grounding]]] | None:
+    """Phrase groundings of every caption, image by image, for the grounding loss (else None): a
+    generator, so only one image's phrases exist at a time. Only the demo world has them here (read
+    from its ground truth); a data set with phrase-box annotations (Flickr30k Entities) would
+    supply them in the same form."""
     if params.train.loss.grounding_weight <= 0:
         return None
     for image in images:
         if not has_groundings(image):
             raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
                              "(only the demo world's images have them: set the weight to 0)")
-    return [[ground_caption(c, image["extra"]["objects"]) for c in image["captions"]] for image in images]
+    return ([ground_caption(c, image["extra"]["objects"]) for c in image["captions"]] for image in images)
 
 
 def has_groundings(image: dict) -> bool:
