@@ -204,7 +204,8 @@ def training_rows(params: Params, regions: dict, device: torch.device, steps: in
         peak.reset()
         t_step = seconds(device, lambda: run(in_memory)) / len(in_memory)
         rows.append((f"train step {precision}, batch {cfg.batch_size}", f"{t_step:.3f} s, peak {peak.mb():,.0f} MB",
-                     f"{gflop(lambda: run(in_memory[:1])):,.0f} GFLOP/step"))
+                     f"{gflop(lambda: run(in_memory[:1])):,.0f} GFLOP/step; "
+                     f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters"))
     t_fed = seconds(device, lambda: run(fed)) / len(fed)
     rows.append(("loader share of a step", f"{max(0.0, 1 - t_step / t_fed):.1%}",
                  f"bf16 step fed by HDF5 ({cfg.num_workers} workers) {t_fed:.3f} s, in memory {t_step:.3f} s"))

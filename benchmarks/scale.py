@@ -2,6 +2,7 @@
 COCO's 123,287 images, each step timed, its memory and the bytes on disk recorded.
 
     python benchmarks/scale.py [--images 2000 20000 123287] [--work DIR] [--keep]
+    python benchmarks/scale.py --table      # scale.json as a markdown table
 
 For each size a temporary copy of this project gets a demo world with COCO's split proportions
 (5,000 val and 5,000 test images at full size), the demo's params.yaml with one training epoch,
@@ -177,6 +178,24 @@ def slopes(runs: dict[int, dict]) -> dict[str, float]:
             / math.log(large / small) for name in runs[large]["steps"] if name in runs[small]["steps"]}
 
 
+def table(runs: dict[int, dict]) -> str:
+    """Markdown: each step's seconds and peak RSS at every size, and its slope between the two largest."""
+    sizes = sorted(runs)
+    slope = slopes(runs) if len(sizes) >= 2 else {}
+    head = (["step"] + [f"s @ {size:,}" for size in sizes] + ["slope"]
+            + [f"peak RSS MB @ {size:,}" for size in sizes])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in dict.fromkeys(n for size in sizes for n in runs[size]["steps"]):
+        cells = [runs[size]["steps"].get(name) for size in sizes]
+        lines.append("| " + " | ".join(
+            [name] + [f"{c['seconds']:,.1f}" if c else "–" for c in cells]
+            + [f"{slope[name]:.2f}" if name in slope else "–"]
+            + [f"{c['peak_rss_mb']:,.0f}" if c else "–" for c in cells]) + " |")
+    totals = [sum(step["seconds"] for step in runs[size]["steps"].values()) / 60 for size in sizes]
+    lines.append("| " + " | ".join(["all steps (min)"] + [f"{t:.1f}" for t in totals] + [""] * (len(sizes) + 1)) + " |")
+    return "\n".join(lines)
+
+
 def plot(runs: dict[int, dict]) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -202,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, nargs="+", default=[2000, 20000, COCO_IMAGES])
     parser.add_argument("--work", type=Path, help="where the temporary projects go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep each size's project, remote and clone")
+    parser.add_argument("--table", action="store_true", help="print scale.json as a markdown table; run nothing")
     args = parser.parse_args(argv)
     runs = load_runs()
+    if args.table:
+        print(table(runs))
+        return 0
     for images in args.images:
         work = Path(tempfile.mkdtemp(prefix=f"graphcap-scale-{images}-", dir=args.work))
         started = time.perf_counter()

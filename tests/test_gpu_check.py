@@ -28,4 +28,4 @@ def test_cpu_dry_run_prints_every_row_with_figures(capsys):
         line = next((line for line in out.splitlines() if line.startswith(row)), None)
         assert line is not None, f"no row {row!r} in:\n{out}"
         assert re.search(r"\d", line[len(row):]), line
-    assert re.search(r"train step fp32, batch 2 +\d+\.\d+ s, peak [\d,]+ MB +[\d,]+ GFLOP/step", out)
+    assert re.search(r"train step fp32, batch 2 +\d+\.\d+ s, peak [\d,]+ MB +[\d,]+ GFLOP/step; \d+M parameters", out)
