@@ -2,7 +2,7 @@
 COCO's 123,287 images, each step timed, its memory and the bytes on disk recorded.
 
     python benchmarks/scale.py [--images 2000 20000 123287] [--work DIR] [--keep]
-    python benchmarks/scale.py --table      # scale.json as a markdown table
+    python benchmarks/scale.py --table      # scale.json as a markdown table (and the plot redrawn)
 
 For each size a temporary copy of this project gets a demo world with COCO's split proportions
 (5,000 val and 5,000 test images at full size), the demo's params.yaml with one training epoch,
@@ -203,9 +203,9 @@ def plot(runs: dict[int, dict]) -> Path:
 
     sizes = sorted(runs)
     figure, axes = plt.subplots(figsize=(9, 6))
-    for name in runs[sizes[-1]]["steps"]:
+    for k, name in enumerate(runs[sizes[-1]]["steps"]):
         points = [(size, runs[size]["steps"][name]["seconds"]) for size in sizes if name in runs[size]["steps"]]
-        axes.plot(*zip(*points), marker="o", label=name)
+        axes.plot(*zip(*points), marker="os^"[k // 10], linestyle="-" if k < 10 else "--", label=name)  # 10 colours
     axes.plot(sizes, [size / sizes[0] for size in sizes], "k:", label="slope 1 (linear), from 1 s")
     axes.set(xscale="log", yscale="log", xlabel="images", ylabel="seconds (2-core CPU)",
              title="graphcap main job: time of each step against data-set size")
@@ -221,11 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, nargs="+", default=[2000, 20000, COCO_IMAGES])
     parser.add_argument("--work", type=Path, help="where the temporary projects go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep each size's project, remote and clone")
-    parser.add_argument("--table", action="store_true", help="print scale.json as a markdown table; run nothing")
+    parser.add_argument("--table", action="store_true", help="print scale.json as a markdown table and redraw the plot; run nothing")
     args = parser.parse_args(argv)
     runs = load_runs()
     if args.table:
         print(table(runs))
+        if len(runs) >= 2:
+            plot(runs)
         return 0
     for images in args.images:
         work = Path(tempfile.mkdtemp(prefix=f"graphcap-scale-{images}-", dir=args.work))
