@@ -2,10 +2,11 @@
 
 Layout: ``<store>/<kind>/shard-00000.h5`` where shard ``i`` holds the manifest entries
 ``[i * shard_size, (i + 1) * shard_size)`` in manifest order. Every shard file carries, as root
-attributes, its ``kind``, the ``schema_version``, the manifest slice it covers and a JSON
-``provenance`` record (producing model, weights hash, preprocessing parameters, code version).
+attributes, its ``kind``, the ``schema_version``, the manifest slice it covers, a JSON
+``provenance`` record (producing model, weights hash, preprocessing parameters, code version) and
+``inputs``, a digest of what its rows were computed from (the images' bytes, or the captions).
 Readers compare the stored provenance with what the caller expects and refuse a mismatch with an
-error that names the differing key. Shards are written under a temporary name and renamed when
+error that names the differing key; a caller that knows the inputs' digest checks it too. Shards are written under a temporary name and renamed when
 complete, so a shard that exists is whole.
 
 Kinds and their datasets (n = images in the shard):
@@ -75,16 +76,18 @@ def shard_slices(n_images: int, shard_size: int) -> list[slice]:
 
 
 def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping[str, np.ndarray],
-                provenance: Mapping[str, Any], first_index: int, rejects: Sequence[Mapping[str, str]] = ()) -> None:
+                provenance: Mapping[str, Any], first_index: int, rejects: Sequence[Mapping[str, str]] = (),
+                inputs: str = "") -> None:
     """Write one complete shard atomically (temporary file, fsync, rename). ``rejects`` lists the
-    images of this slice that could not be used, as {"id", "file", "reason"}."""
+    images of this slice that could not be used, as {"id", "file", "reason"}; ``inputs`` is the
+    digest of what the rows were computed from."""
     if kind not in KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; known: {KINDS}")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_file(tmp, kind, image_ids, arrays, provenance, first_index, rejects)
+        _write_file(tmp, kind, image_ids, arrays, provenance, first_index, rejects, inputs)
         tmp.replace(path)
     except (OSError, RuntimeError) as err:  # disk full, read-only folder, quota (h5py reports some as
         tmp.unlink(missing_ok=True)          # RuntimeError): stop, leaving nothing that looks complete
@@ -94,13 +97,15 @@ def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping
 
 
 def _write_file(tmp: Path, kind: str, image_ids: Sequence[str], arrays: Mapping[str, np.ndarray],
-                provenance: Mapping[str, Any], first_index: int, rejects: Sequence[Mapping[str, str]]) -> None:
+                provenance: Mapping[str, Any], first_index: int, rejects: Sequence[Mapping[str, str]],
+                inputs: str) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs["kind"] = kind
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["first_index"] = first_index
         f.attrs["provenance"] = json.dumps(dict(provenance), sort_keys=True)
         f.attrs["rejects"] = json.dumps(list(map(dict, rejects)))
+        f.attrs["inputs"] = inputs
         f.create_dataset("image_ids", data=np.asarray(list(image_ids), dtype=object), dtype=_STRING)
         rejected = {r["id"] for r in rejects}
         f.create_dataset("valid", data=np.array([i not in rejected for i in image_ids], dtype=bool))
@@ -152,8 +157,10 @@ class Shard:
         self.file.close()
 
 
-def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Sequence[str] | None = None) -> Shard:
-    """Open a shard for reading after checking kind, schema, provenance and image ids."""
+def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Sequence[str] | None = None,
+               inputs: str | None = None) -> Shard:
+    """Open a shard for reading after checking kind, schema, provenance, and, where given, the
+    image ids and the inputs' digest."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: missing shard (run `dvc repro` for the {kind} stage)")
@@ -170,6 +177,9 @@ def open_shard(path: Path, kind: str, expected: Mapping[str, Any], image_ids: Se
         stored_ids = [s.decode() if isinstance(s, bytes) else s for s in f["image_ids"][()]]
         if image_ids is not None and list(image_ids) != stored_ids:
             raise StoreError(f"{path}: image ids differ from the manifest slice; the manifest changed")
+        if inputs is not None and f.attrs.get("inputs", "") != inputs:
+            raise StoreError(f"{path}: computed from other inputs (an image file or a caption of its slice "
+                             "changed since); re-run the stage that makes these features")
         return Shard(path, f, int(f.attrs["first_index"]), stored_ids, f["valid"][()], json.loads(f.attrs["rejects"]))
     except Exception:
         f.close()

@@ -1,17 +1,22 @@
 """Data-set adapters: Karpathy split JSON (COCO, Flickr30k, Flickr8k, the demo world) → manifest.
 
 The manifest is the single list every later stage indexes: one entry per image with a stable
-string id, its path relative to the image root, its split and its normalised captions. Feature
-shards are slices of it, in its order.
+string id, its path relative to the image root, the md5 of the image file's bytes, its split and
+its normalised captions. Feature shards are slices of it, in its order; the md5 is how a feature
+stage knows that a photo changed under the same id (only ``prepare`` reads the image folder's
+identity, so DVC hashes that folder once, not once per image stage).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +117,18 @@ def read_karpathy(source: Path, cfg: TextConfig, max_caption_chars: int = 1000) 
 
 
 def _present_images(images: list[dict[str, Any]], image_root: Path, source: Path) -> list[dict[str, Any]]:
-    """Entries whose file exists; a missing file is left out (named), a symlink that leads out of
-    the image root is refused."""
+    """Entries whose file exists, each with its file's md5; a missing file is left out (named), a
+    symlink that leads out of the image root is refused."""
     root, kept, missing = Path(image_root).resolve(), [], []
-    for entry in images:
+    for entry in tqdm(images, desc="prepare: image files", unit="img", disable=len(images) < 1000):
         path = (root / entry["path"]).resolve()
         if not path.is_relative_to(root):
             raise DatasetError(f"{source}: image {entry['id']}: {entry['path']} leads out of the image root "
                                f"{image_root} (a symlink?)")
-        (kept if path.is_file() else missing).append(entry)
+        if path.is_file():
+            kept.append({**entry, "md5": file_md5(path)})
+        else:
+            missing.append(entry)
     if missing and not kept:  # a wrong data.image_root, most likely: stop here, not stages later
         raise DatasetError(f"{source}: none of its {len(missing)} image files is under data.image_root {image_root} "
                            f"(the first: {image_root / missing[0]['path']})")
@@ -128,6 +136,12 @@ def _present_images(images: list[dict[str, Any]], image_root: Path, source: Path
         log.warning("%s: %d image file(s) missing under %s, left out: %s", source, len(missing), image_root,
                     ", ".join(f"{e['id']} ({e['path']})" for e in missing[:5]) + (" …" if len(missing) > 5 else ""))
     return kept
+
+
+def file_md5(path: Path) -> str:
+    """The md5 of a file's bytes (as DVC hashes files: ~1 min for COCO's 19 GB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def build_manifest(source: Path, image_root: Path, cfg: TextConfig, max_images: int = 0,

@@ -2,9 +2,9 @@
 
     python -m pipeline.verify [--params params.yaml]     (or the console script graphcap-verify)
 
-Every shard of every kind must be present and complete, made for the manifest's images under
-the provenance the current parameters imply, with coherent row counts and shapes and no NaN/Inf
-outside rejected rows; the keyword banks must match too. Each problem is printed on its own
+Every shard of every kind must be present and complete, made for the manifest's images (ids and
+file bytes; captions for clip_text) under the provenance the current parameters imply, with
+coherent row counts and shapes and no NaN/Inf outside rejected rows; the keyword banks must match too. Each problem is printed on its own
 line, naming the file and key; the exit code is 1 if there is any.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from features.store import KINDS, StoreError, check_shard, open_shard, read_bank, shard_path, shard_slices
 from pipeline.params import Params
 from pipeline.provenance import expected, keyword_bank
-from pipeline.stages.common import load_manifest, start
+from pipeline.stages.common import load_manifest, shard_inputs, start
 
 
 def verify_store(params: Params, manifest: dict[str, Any]) -> tuple[list[str], int]:
@@ -28,8 +28,9 @@ def verify_store(params: Params, manifest: dict[str, Any]) -> tuple[list[str], i
     for kind in KINDS:
         for index, part in enumerate(slices):
             try:
-                shard = open_shard(shard_path(store, kind, index), kind, records[kind], [e["id"] for e in images[part]])
-            except (StoreError, OSError) as err:  # missing, unreadable, other provenance or images
+                shard = open_shard(shard_path(store, kind, index), kind, records[kind], [e["id"] for e in images[part]],
+                                   shard_inputs(kind, images[part]))
+            except (StoreError, OSError) as err:  # missing, unreadable, other provenance, images or captions
                 problems.append(str(err))
                 continue
             try:

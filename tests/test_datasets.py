@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -73,6 +74,7 @@ def test_huge_captions_missing_files_and_symlinks_out(tmp_path, caplog):
     manifest = build_manifest(source, tmp_path / "images", TextConfig())
     assert [e["id"] for e in manifest["images"]] == ["0", "2"]  # 1.jpg is missing: left out, named
     assert manifest["images"][0]["captions"] == ["a cat"]
+    assert manifest["images"][0]["md5"] == hashlib.md5(b"jpeg").hexdigest()  # what the feature stages compare
     assert "1 caption(s) longer than 1000" in caplog.text and "1 (x/1.jpg)" in caplog.text
     (tmp_path / "images/x/2.jpg").unlink()
     (tmp_path / "images/x/2.jpg").symlink_to(outside)

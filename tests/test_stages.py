@@ -61,6 +61,26 @@ def _read_attr(path, name):
         return f.attrs[name]
 
 
+def test_a_changed_photo_or_caption_recomputes_its_shard_only(project):
+    clip_image.main()
+    clip_text.main()
+    kinds = ("clip_image", "clip_text")
+    before = {kind: [p.stat().st_mtime_ns for p in _shards(project, kind)] for kind in kinds}
+    images = project / "data/world/images"
+    (images / "000005.png").write_bytes((images / "000000.png").read_bytes())  # image 5: shard 1, row 1
+    dataset = json.loads((project / "data/world/dataset.json").read_text())
+    dataset["images"][9]["sentences"][0]["raw"] = "A changed caption."  # image 9: shard 2
+    (project / "data/world/dataset.json").write_text(json.dumps(dataset))
+    prepare.main()
+    clip_image.main()
+    clip_text.main()
+    after = {kind: [p.stat().st_mtime_ns for p in _shards(project, kind)] for kind in kinds}
+    assert [a == b for a, b in zip(before["clip_image"], after["clip_image"])] == [True, False, True]
+    assert [a == b for a, b in zip(before["clip_text"], after["clip_text"])] == [True, True, False]
+    first = _shards(project, "clip_image")
+    np.testing.assert_array_equal(_read(first[1], "embeddings")[1], _read(first[0], "embeddings")[0])
+
+
 def test_growing_data_set_adds_shards_only(project):
     clip_image.main()
     first = {p.name: p.stat().st_mtime_ns for p in _shards(project, "clip_image")}

@@ -50,6 +50,19 @@ def test_each_problem_is_named(store, capsys):
         assert expected in out, expected
 
 
+def test_a_photo_changed_under_its_id_is_named(store, capsys, monkeypatch):
+    images = store.parent / "world/images"
+    (images / "000005.png").write_bytes((images / "000000.png").read_bytes())
+    monkeypatch.setattr("sys.argv", ["stage"])
+    prepare.main()  # what `dvc repro` runs first: the manifest now holds the new md5
+    assert verify.main([]) == 1
+    out = capsys.readouterr().out
+    stale = [line for line in out.splitlines() if "computed from other inputs" in line]
+    assert sorted(line.split(":")[0].split("/")[-2] for line in stale) == [  # image 5 is in shard 1 of each
+        "clip_image", "knn", "region_clip", "region_keywords", "regions"]
+    assert all("shard-00001.h5" in line for line in stale)
+
+
 def test_other_parameters_are_named(store, capsys):
     params = yaml.safe_load(open("params.yaml"))
     params["knn"]["k"] = 3

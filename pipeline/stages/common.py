@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -103,13 +104,23 @@ def _nan_to_null(data: Any) -> Any:
     return data
 
 
-def _is_current(path: Path, kind: str, provenance: dict[str, Any], ids: list[str]) -> bool:
-    """A shard that exists is complete (atomic writes); it is reused if made for the same images
-    under the same provenance."""
+def shard_inputs(kind: str, entries: list[dict[str, Any]]) -> str:
+    """Digest of what a shard of ``kind`` is computed from beyond its provenance: each image's bytes
+    (the md5 that ``prepare`` records) for the kinds made from images (knn and region_keywords
+    through regions), each image's captions for clip_text. So a photo or caption changed under the
+    same id makes its shard stale, and DVC need not hash the image folder again for every image
+    stage: ``prepare`` alone depends on it."""
+    key = "captions" if kind == "clip_text" else "md5"
+    return hashlib.sha256(json.dumps([[e["id"], e.get(key)] for e in entries]).encode()).hexdigest()
+
+
+def _is_current(path: Path, kind: str, provenance: dict[str, Any], entries: list[dict[str, Any]]) -> bool:
+    """A shard that exists is complete (atomic writes); it is reused if made from the same images
+    (ids and bytes; captions for clip_text) under the same provenance."""
     if not path.exists():
         return False
     try:
-        open_shard(path, kind, provenance, ids).close()
+        open_shard(path, kind, provenance, [e["id"] for e in entries], shard_inputs(kind, entries)).close()
         return True
     except (StoreError, OSError) as err:
         log.info("recomputing %s: %s", path, err)
@@ -127,7 +138,7 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
     slices = shard_slices(len(images), params.store.shard_size)
     mine = [i for i in range(len(slices)) if i % rank.count == rank.index]
     todo = [i for i in mine
-            if not _is_current(shard_path(store, kind, i), kind, provenance, [e["id"] for e in images[slices[i]]])]
+            if not _is_current(shard_path(store, kind, i), kind, provenance, images[slices[i]])]
     log.info("%s: %d of %d shards to compute (rank %d/%d)", kind, len(todo), len(slices), rank.index, rank.count)
     with tqdm(total=sum(slices[i].stop - slices[i].start for i in todo), desc=kind, unit="img",
               smoothing=0.1, disable=not log.isEnabledFor(logging.INFO)) as bar:  # a bar is INFO too
@@ -139,7 +150,7 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
             rejects = [{"id": entries[row]["id"], "file": entries[row]["path"], "reason": reason}
                        for row, reason in sorted(errors.items())]
             write_shard(shard_path(store, kind, index), kind, [e["id"] for e in entries], arrays, provenance,
-                        first_index=slices[index].start, rejects=rejects)
+                        first_index=slices[index].start, rejects=rejects, inputs=shard_inputs(kind, entries))
     _remove_stale(store, kind, len(slices))
     _summarize_rejects(store, kind, len(slices))
 
