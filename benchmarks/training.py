@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features.knn import KnnConfig, knn_graphs  # noqa: E402
-from features.regions import DetectorConfig, detect_regions, pad_regions  # noqa: E402
+from features.detection import DetectorConfig, detect_regions, pad_regions  # noqa: E402
 from features.store import open_shard, shard_path, shard_slices, write_shard  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.provenance import expected  # noqa: E402

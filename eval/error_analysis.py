@@ -28,8 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eval.world_truth import Mention, read_caption, truth_objects
-from pipeline.world import COLORS, RELATIONS, SHAPES, SIZES, WorldObject, relation
+from world.grammar import COLORS, RELATIONS, SHAPES, SIZES, Mention, WorldObject, read_caption, relation, truth_objects
 
 # boxes (n, 4) as x0, y0, x1, y1 in pixels, and the class name of each box
 Detections = tuple[np.ndarray, Sequence[str]]

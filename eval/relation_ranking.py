@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from eval.world_truth import truth_objects
-from pipeline.world import RELATIONS, SCENE_PHRASES, phrase, relation
 from train.data import collate, pad_tokens, tokenize_captions
 from train.model import Captioner
+from world.grammar import RELATIONS, SCENE_PHRASES, phrase, relation, truth_objects
 
 
 def relation_questions(extra: Mapping[str, Any]) -> list[tuple[list[str], int]]:

@@ -1,6 +1,6 @@
 """Judging captions of the demo world against what each image really shows.
 
-The world's captions follow a small grammar (pipeline/world.py), so a caption can be read back
+The world's captions follow a small grammar (world/grammar.py), so a caption can be read back
 into its scene word, its object mentions ("a [small|large] <colour> <shape>") and its relations
 ("<mention> to the left of|to the right of|above|below <mention>"), and each checked against the
 image's ground truth (``scene`` and ``objects`` in the manifest entry's ``extra``):
@@ -14,49 +14,9 @@ Corpus figures pool the counts over images (micro-averages).
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pipeline.world import COLORS, SCENES, SHAPES, SIZES, WorldObject, relation
-
-_MENTION = rf"(?:(?P<{{p}}size>{'|'.join(SIZES)}) )?(?P<{{p}}color>{'|'.join(COLORS)}) (?P<{{p}}shape>{'|'.join(SHAPES)})"
-MENTION = re.compile(r"\b" + _MENTION.format(p=""))
-RELATION = re.compile(r"\b" + _MENTION.format(p="a_") + r" (?P<rel>to the left of|to the right of|above|below) (?:an? )?"
-                      + _MENTION.format(p="b_"))
-SCENE = re.compile(rf"\b({'|'.join(SCENES)})\b")
-
-
-@dataclass(frozen=True)
-class Mention:
-    color: str
-    shape: str
-    size: str | None = None
-
-    def fits(self, obj: WorldObject) -> bool:
-        return (obj.color, obj.shape) == (self.color, self.shape) and self.size in (None, obj.size)
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What a caption claims."""
-
-    scene: str | None
-    mentions: list[Mention]
-    relations: list[tuple[Mention, str, Mention]]
-
-
-def read_caption(caption: str) -> Reading:
-    text = caption.lower()
-    scene = SCENE.search(text)
-    mentions = [Mention(m["color"], m["shape"], m["size"]) for m in MENTION.finditer(text)]
-    relations = [(Mention(m["a_color"], m["a_shape"], m["a_size"]), m["rel"], Mention(m["b_color"], m["b_shape"], m["b_size"]))
-                 for m in RELATION.finditer(text)]
-    return Reading(scene[1] if scene else None, mentions, relations)
-
-
-def truth_objects(extra: Mapping[str, Any]) -> list[WorldObject]:
-    return [WorldObject(o["shape"], o["color"], o["size"], tuple(o["box"])) for o in extra["objects"]]
+from world.grammar import read_caption, relation, truth_objects
 
 
 def judge(caption: str, extra: Mapping[str, Any]) -> dict[str, int]:

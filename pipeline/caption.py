@@ -30,7 +30,7 @@ from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
 from pipeline.stages.common import for_each_shard, start, text_encoder
-from pipeline.world import DATASET_NAME as DEMO_WORLD
+from world.generate import DATASET_NAME as DEMO_WORLD
 from train.data import CachedFeatures, Images, StoreSpec
 from train.decode import caption_images
 from train.model import load_captioner

@@ -17,7 +17,7 @@ from features.clip import encode_images, encode_region_crops, load_clip
 from features.images import image_batches
 from features.keywords import label_keywords, retrieve_keywords
 from features.knn import knn_graphs
-from features.regions import detect_regions, load_detector, pad_regions, region_dim
+from features.detection import detect_regions, load_detector, pad_regions, region_dim
 from features.store import read_bank
 from pipeline.datasets import image_paths
 from pipeline.params import Params

@@ -19,9 +19,9 @@ from eval.report import ReportConfig
 from features.clip import ClipConfig
 from features.keywords import KeywordConfig
 from features.knn import KnnConfig
-from features.regions import DetectorConfig
+from features.detection import DetectorConfig
 from pipeline.datasets import TextConfig
-from pipeline.world import WorldConfig
+from world.generate import WorldConfig
 from train.decode import DecodeConfig
 from train.model import ModelConfig
 from train.trainer import TrainConfig

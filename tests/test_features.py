@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from torchvision.transforms.functional import to_tensor
 
 from features.clip import ClipConfig, encode_from_tokens, encode_images, encode_texts, load_clip
+from features.detection import DetectorConfig, detect_regions, load_detector, pad_regions, select_regions
+from features.detector_torchvision import build_detector
 from features.images import ImageError, load_rgb
-from features.regions import (DetectorConfig, build_detector, detect_regions, load_detector, pad_regions,
-                              select_regions)
 from tests.conftest import REAL_SAMPLE
 
 CLASSES = ["__background__", "circle", "square"]

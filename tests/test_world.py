@@ -1,7 +1,8 @@
 import json
 import random
 
-from pipeline.world import SCENES, WorldConfig, WorldObject, generate_world, make_captions, relation
+from world.generate import WorldConfig, generate_world
+from world.grammar import SCENES, WorldObject, make_captions, relation
 
 
 def test_world_is_deterministic_and_split(tmp_path):

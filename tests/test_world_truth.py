@@ -1,8 +1,9 @@
 """Reading demo-world captions back and judging them against the generated ground truth."""
 import random
 
-from eval.world_truth import Mention, read_caption, world_scores
-from pipeline.world import COLORS, SCENES, WorldConfig, _place_objects, make_captions
+from eval.world_truth import world_scores
+from world.generate import WorldConfig, _place_objects
+from world.grammar import COLORS, SCENES, Mention, make_captions, read_caption
 
 
 def _world(n=60):

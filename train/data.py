@@ -18,7 +18,7 @@ from torchvision.ops import box_iou
 from transformers import PreTrainedTokenizerBase
 
 from features.store import FeatureReader
-from train.regions import box_geometry
+from train.region_graph import box_geometry
 
 
 @dataclass(frozen=True)

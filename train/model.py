@@ -21,7 +21,7 @@ from features.clip import ClipTail, build_tail
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
-from train.regions import (EDGE_GEOMETRY, SPATIAL_MODES, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry,
+from train.region_graph import (EDGE_GEOMETRY, SPATIAL_MODES, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry,
                            reorder_slots)
 
 

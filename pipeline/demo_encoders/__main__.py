@@ -18,10 +18,11 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 from features.images import load_rgb
-from features.regions import DetectorConfig
+from features.detection import DetectorConfig
 from pipeline.datasets import TextConfig, build_manifest, image_paths
 from pipeline.demo_encoders import clip, detector, language
-from pipeline.world import SHAPES, WorldConfig, generate_world
+from world.generate import WorldConfig, generate_world
+from world.grammar import SHAPES
 
 log = logging.getLogger("demo_encoders")
 

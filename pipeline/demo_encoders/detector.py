@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 from torchvision.models.detection import FasterRCNN
 from torchvision.ops import box_iou
 
-from features.regions import DetectorConfig, build_detector
+from features.detection import DetectorConfig
+from features.detector_torchvision import build_detector
 
 log = logging.getLogger(__name__)
 

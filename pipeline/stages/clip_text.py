@@ -6,7 +6,7 @@ import numpy as np
 
 from features.clip import encode_texts, load_clip
 from features.keywords import object_bank_words, scene_keywords
-from features.regions import load_class_names
+from features.detection import load_class_names
 from features.store import write_bank
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of

@@ -14,7 +14,7 @@ from eval.error_analysis import Detections, analyse
 from eval.metrics import cider, coco_scores, human_cider, spice_unavailable_reason
 from eval.relation_ranking import relation_ranking
 from eval.world_truth import world_scores
-from features.regions import load_class_names
+from features.detection import load_class_names
 from features.store import check_provenance
 from pipeline.params import Params
 from pipeline.provenance import expected

@@ -18,7 +18,7 @@ from features.keywords import selectable_keywords
 from features.store import read_bank
 from pipeline.params import Params
 from pipeline.provenance import expected, keyword_bank
-from pipeline.world import ground_caption
+from world.grammar import ground_caption
 from pipeline.runtime import device_of
 from pipeline.stages.common import (load_manifest, open_features, run_main, split_indices, start, text_encoder,
                                     write_json)

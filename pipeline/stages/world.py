@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from pipeline.stages.common import run_main, start
-from pipeline.world import generate_world
+from world.generate import generate_world
 
 
 def main() -> None:

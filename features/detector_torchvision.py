@@ -1,4 +1,5 @@
-"""Region features from a torchvision Faster R-CNN.
+"""The torchvision region backend (``regions.backend: torchvision``), a Faster R-CNN; the
+backend contract is in :mod:`features.detection`.
 
 Architectures are registered by name in :data:`ARCHITECTURES`; a builder takes a
 :class:`DetectorConfig` and returns an untrained ``FasterRCNN`` whose weights are then loaded from
@@ -12,10 +13,7 @@ RoI pooler and box head run once more on those boxes, so feature ``i`` describes
 """
 from __future__ import annotations
 
-import json
-import logging
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,48 +23,11 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from features.weights import load_state_dict, weights_identity
+from features.detection import DetectorConfig, Regions, load_class_names, select_regions
+from features.weights import load_state_dict
 
-log = logging.getLogger(__name__)
-
-# Bump when a change to this module changes the features it produces: stored shards record it,
-# and a resumed stage recomputes shards made by another version.
-VERSION = 1
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    """Every key is documented in params.yaml (section ``regions``)."""
-
-    backend: str = "torchvision"  # torchvision | detectron2 (installed from source)
-    arch: str = "fasterrcnn_resnet50_fpn"  # torchvision: a name in ARCHITECTURES
-    d2_config: str = ""  # detectron2: a config file, or a model-zoo config name
-    weights: str = ""  # local state_dict file (.pt/.pth/.safetensors)
-    classes: str = ""  # JSON file: list of class names, index = label id, 0 = background
-    min_size: int = 800
-    max_size: int = 1333
-    anchor_sizes: list[list[int]] = field(default_factory=lambda: [[32], [64], [128], [256], [512]])
-    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    roi_output_size: int = 7
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 100
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    class_agnostic_nms: float = 1.0  # IoU above which a box is dropped for a higher-scoring one of any class (1 = off)
-    min_regions: int = 0  # top up to this many regions with lower-scoring detections
-    min_regions_score: float = 0.01  # ... but none below this score
-    max_regions: int = 36
-    feature: str = "box_head"  # box_head (1024-d for R50-FPN) | backbone_pool (RoIAlign on C5: 2048-d)
-    batch_size: int = 4
-
-    def identity(self) -> dict:
-        """What the stored regions depend on (provenance): weights hash and every setting that
-        shapes the output (not the batch size)."""
-        settings = {k: v for k, v in asdict(self).items() if k not in ("weights", "batch_size")}
-        return {"regions.weights": weights_identity(self.weights), "regions.settings": settings,
-                "regions.code_version": VERSION}
 
 
 def _anchors(cfg: DetectorConfig) -> AnchorGenerator:
@@ -78,9 +39,8 @@ def _common_kwargs(cfg: DetectorConfig) -> dict:
     return dict(
         min_size=cfg.min_size, max_size=cfg.max_size, rpn_anchor_generator=_anchors(cfg),
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-        # post-processing keeps candidates down to the top-up floor; _select applies the thresholds
-        box_score_thresh=min(cfg.box_score_thresh, cfg.min_regions_score if cfg.min_regions else cfg.box_score_thresh),
-        box_nms_thresh=cfg.box_nms_thresh, box_detections_per_img=max(cfg.max_regions, cfg.min_regions),
+        box_score_thresh=cfg.candidate_score_thresh, box_nms_thresh=cfg.box_nms_thresh,
+        box_detections_per_img=cfg.candidates_per_image,
     )
 
 
@@ -132,43 +92,18 @@ ARCHITECTURES: dict[str, Callable[[DetectorConfig, int], FasterRCNN]] = {
 }
 
 
-def load_class_names(path: str) -> list[str]:
-    names = json.loads(Path(path).read_text())
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
-        raise ValueError(f"{path}: expected a JSON list of class names (index 0 = background)")
-    return names
-
-
-def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
-    if cfg.arch not in ARCHITECTURES:
-        raise KeyError(f"regions.arch: unknown architecture {cfg.arch!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[cfg.arch](cfg, num_classes)
-
-
-def load_detector(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """Build the configured architecture and load its weights from the local file."""
-    if not cfg.weights:
-        raise ValueError("regions.weights: a local detector state_dict file is required")
-    if cfg.backend == "detectron2":
-        from features.regions_detectron2 import load_detectron2
-
-        return load_detectron2(cfg, device)
-    if cfg.backend != "torchvision":
-        raise ValueError(f"regions.backend: unknown {cfg.backend!r} (torchvision | detectron2)")
+def load(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The backend contract's ``load``: the configured architecture with its weights."""
     names = load_class_names(cfg.classes)
     model = build_detector(cfg, len(names))
     model.load_state_dict(load_state_dict(Path(cfg.weights)))
     return model.eval().to(device), names
 
 
-@dataclass
-class Regions:
-    """Detections of one image, in original pixel coordinates. ``features``: (R, D)."""
-
-    features: np.ndarray
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
+def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
+    if cfg.arch not in ARCHITECTURES:
+        raise KeyError(f"regions.arch: unknown architecture {cfg.arch!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[cfg.arch](cfg, num_classes)
 
 
 def _detections(model: FasterRCNN, images: list[torch.Tensor]):
@@ -188,22 +123,6 @@ def _detections(model: FasterRCNN, images: list[torch.Tensor]):
     return image_list, features, last_stage, detections
 
 
-def select_regions(scores: torch.Tensor, boxes: torch.Tensor, cfg: DetectorConfig) -> torch.Tensor:
-    """Indices of the kept detections (``scores`` sorted descending, as both backends return
-    them, ``boxes`` (R, 4)): those above ``box_score_thresh``, topped up to ``min_regions`` with
-    the best of the rest, best first. Both detectors suppress overlaps within a class only, so
-    one object can come back once per plausible class; ``class_agnostic_nms`` < 1 first keeps only
-    the best-scoring of boxes overlapping above it, whatever their class (one region per object,
-    as the bottom-up-attention extractor keeps one class per box)."""
-    candidates = torch.arange(len(scores), device=scores.device)
-    if cfg.class_agnostic_nms < 1.0:
-        candidates = nms(boxes.float(), scores.float(), cfg.class_agnostic_nms).sort().values
-    above = candidates[scores[candidates] >= cfg.box_score_thresh]
-    if len(above) >= cfg.min_regions:
-        return above[: cfg.max_regions]
-    return candidates[: cfg.min_regions]
-
-
 def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stage: torch.Tensor,
                      boxes: list[torch.Tensor], image_list) -> list[torch.Tensor]:
     if cfg.feature == "box_head":
@@ -218,15 +137,9 @@ def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stag
     return list(flat.split([len(b) for b in boxes]))
 
 
-@torch.no_grad()
-def detect_regions(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
-    """Run the detector so that RoI features belong to the final boxes. ``images`` are (3, H, W)
-    RGB floats in [0, 1]; boxes come back in their pixel coordinates. An image with no detection
-    gets one whole-image box with score 0 and label 0 (background): every image has a node."""
-    if cfg.backend == "detectron2":
-        from features.regions_detectron2 import detect_regions_detectron2
-
-        return detect_regions_detectron2(model, images, cfg)
+def detect(model: FasterRCNN, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
+    """The backend contract's ``detect``: RoI features of the final boxes (the pooler and box head
+    run once more on them)."""
     image_list, features, last_stage, detections = _detections(model, images)
     kept = [{k: v[select_regions(d["scores"], d["boxes"], cfg)] for k, v in d.items()} for d in detections]
     boxes = [_with_fallback(d["boxes"], size) for d, size in zip(kept, image_list.image_sizes)]
@@ -245,12 +158,6 @@ def detect_regions(model: nn.Module, images: list[torch.Tensor], cfg: DetectorCo
     return out
 
 
-def region_dim(model: FasterRCNN, cfg: DetectorConfig) -> int:
-    """Width D of the region features this detector and setting produce (one blank image)."""
-    device = next(model.parameters()).device
-    return detect_regions(model, [torch.zeros(3, 64, 64, device=device)], cfg)[0].features.shape[1]
-
-
 def _with_fallback(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if len(boxes):
         return boxes
@@ -258,23 +165,3 @@ def _with_fallback(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.tensor([[0.0, 0.0, float(w), float(h)]], device=boxes.device)
 
 
-def pad_regions(regions: list[Regions | None], n_max: int, dim: int) -> dict[str, np.ndarray]:
-    """Stack detections into the store's padded arrays. Rows past ``counts`` are zeros (padding);
-    a rejected image (None) has count 0 and NaN features, never a made-up feature."""
-    n = len(regions)
-    arrays = {
-        "features": np.zeros((n, n_max, dim), np.float16), "boxes": np.zeros((n, n_max, 4), np.float32),
-        "scores": np.zeros((n, n_max), np.float16), "labels": np.zeros((n, n_max), np.int32),
-        "counts": np.zeros(n, np.int32),
-    }
-    for i, r in enumerate(regions):
-        if r is None:
-            arrays["features"][i] = np.nan
-            continue
-        k = min(len(r.features), n_max)
-        arrays["features"][i, :k] = r.features[:k]
-        arrays["boxes"][i, :k] = r.boxes[:k]
-        arrays["scores"][i, :k] = r.scores[:k]
-        arrays["labels"][i, :k] = r.labels[:k]
-        arrays["counts"][i] = k
-    return arrays

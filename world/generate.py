@@ -1,4 +1,4 @@
-"""The demo world: a generated, captioned image data set that needs no download.
+"""The demo world's generator: images and a Karpathy split JSON that need no download.
 
 Each image shows 1-4 coloured shapes of two sizes on one of four textured scene backgrounds.
 Five captions per image name the objects with their attributes, a spatial relation between two
@@ -21,27 +21,14 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-log = logging.getLogger(__name__)
+from world.grammar import COLORS, SCENES, SHAPES, SIZES, WorldObject, make_captions
 
-SHAPES = ("circle", "square", "triangle", "star")
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 210, 40),
-    "purple": (140, 50, 170),
-    "orange": (245, 130, 30),
-}
-SIZES = {"small": (16, 22), "large": (30, 40)}  # side length range in pixels at 128 px
-SCENES = ("beach", "forest", "city", "snow")
-SCENE_PHRASES = {"beach": "on the beach", "forest": "in the forest", "city": "in the city", "snow": "in the snow"}
-COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
-RELATIONS = ("to the left of", "to the right of", "above", "below")  # the answers of relation()
+log = logging.getLogger(__name__)
 
 DATASET_NAME = "demo_world"  # the "dataset" of its Karpathy JSON; a model trained on it records it
 
@@ -56,18 +43,6 @@ class WorldConfig:
     image_size: int = 128
     max_objects: int = 4
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class WorldObject:
-    shape: str
-    color: str
-    size: str
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels
-
-    @property
-    def center(self) -> tuple[float, float]:
-        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
 
 def _draw_background(draw: ImageDraw.ImageDraw, scene: str, size: int, rng: random.Random) -> None:
@@ -141,69 +116,6 @@ def _place_objects(rng: random.Random, cfg: WorldConfig) -> list[WorldObject]:
 
 def _overlaps(a: tuple[int, ...], b: tuple[int, ...], margin: int) -> bool:
     return not (a[2] + margin < b[0] or b[2] + margin < a[0] or a[3] + margin < b[1] or b[3] + margin < a[1])
-
-
-def relation(a: WorldObject, b: WorldObject) -> str:
-    """Spatial relation of a to b along the axis where they are furthest apart."""
-    (ax, ay), (bx, by) = a.center, b.center
-    if abs(ax - bx) >= abs(ay - by):
-        return "to the left of" if ax < bx else "to the right of"
-    return "above" if ay < by else "below"
-
-
-def phrase(obj: WorldObject, with_size: bool) -> str:
-    """How captions name an object: "a [size] <colour> <shape>"."""
-    words = ([obj.size] if with_size else []) + [obj.color, obj.shape]
-    return "a " + " ".join(words)
-
-
-def _listing(objects: list[WorldObject], with_size: bool) -> str:
-    phrases = [phrase(o, with_size) for o in objects]
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
-def make_captions(objects: list[WorldObject], scene: str, rng: random.Random) -> list[str]:
-    """Five varied captions: listings, a relation, the scene, counts, with and without sizes."""
-    left_to_right = sorted(objects, key=lambda o: o.center[0])
-    where = SCENE_PHRASES[scene]
-    count = COUNT_WORDS[len(objects)]
-    noun = "shape" if len(objects) == 1 else "shapes"
-    a, b = rng.sample(objects, 2) if len(objects) > 1 else (objects[0], None)
-    if b is not None:
-        rel = f"{phrase(a, True)} {relation(a, b)} {phrase(b, True)}"
-        rel_plain = f"{phrase(a, False)} {relation(a, b)} {phrase(b, False)}"
-    else:
-        rel, rel_plain = f"{phrase(a, True)} alone", f"{phrase(a, False)} by itself"
-    shuffled = rng.sample(objects, len(objects))
-    return [
-        f"{_listing(left_to_right, with_size=True)} {where}",
-        f"{rel} {where}",
-        f"a {scene} scene with {_listing(shuffled, with_size=False)}",
-        f"{count} {noun} {where}: {_listing(left_to_right, with_size=False)}",
-        f"{where} there is {rel_plain}",
-    ]
-
-
-def ground_caption(caption: str, objects: Sequence[Mapping[str, Any]]) -> list[tuple[int, int, list[list[int]]]]:
-    """Phrase groundings of a (normalised) caption, in the manner of Flickr30k Entities: each
-    object mention "[a] [size] <colour> <shape>" (its article included, as Entities' phrases
-    include theirs) as (first word, end word, boxes of the image's objects it fits), word indices
-    over ``caption.split()``. A mention that fits several objects (two red circles, no size said)
-    is grounded to all of them."""
-    words, phrases, k = caption.split(), [], 0
-    while k < len(words):
-        size = words[k] if words[k] in SIZES else None
-        first = k + (size is not None)  # the colour word
-        colour, shape = (words[first:first + 2] + [None, None])[:2]
-        if colour in COLORS and shape in SHAPES:
-            end = first + 2
-            boxes = [list(o["box"]) for o in objects
-                     if (o["color"], o["shape"]) == (colour, shape) and size in (None, o["size"])]
-            phrases.append((k - (k > 0 and words[k - 1] in ("a", "an")), end, boxes))
-            k = end
-        else:
-            k += 1
-    return phrases
 
 
 def render_image(objects: list[WorldObject], scene: str, cfg: WorldConfig, rng: random.Random) -> Image.Image:

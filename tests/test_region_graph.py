@@ -5,7 +5,7 @@ import torch
 
 from tests.test_model import _items, _model, changed_by_one_step
 from train.data import collate
-from train.regions import (SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots,
+from train.region_graph import (SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots,
                            reorder_slots)
 
 

@@ -1,4 +1,5 @@
-"""The detectron2 region backend: same contract and stored schema as the torchvision one.
+"""The detectron2 region backend (``regions.backend: detectron2``): the contract of
+:mod:`features.detection`, the same stored schema as the torchvision backend.
 
 detectron2 has no PyPI wheel; install it from its source to use this backend
 (``regions.backend: detectron2``). ``regions.d2_config`` is a detectron2 config file (its
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from features.regions import DetectorConfig, Regions, load_class_names, select_regions
+from features.detection import DetectorConfig, Regions, load_class_names, select_regions
 from features.weights import load_state_dict
 
 
@@ -37,9 +38,9 @@ def build_config(cfg: DetectorConfig, num_classes: int, device: torch.device):
     d2.MODEL.DEVICE = str(device)
     d2.MODEL.WEIGHTS = ""
     d2.MODEL.ROI_HEADS.NUM_CLASSES = num_classes - 1  # detectron2 counts no background class
-    d2.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.box_score_thresh, cfg.min_regions_score if cfg.min_regions else 1.0)
+    d2.MODEL.ROI_HEADS.SCORE_THRESH_TEST = cfg.candidate_score_thresh
     d2.MODEL.ROI_HEADS.NMS_THRESH_TEST = cfg.box_nms_thresh
-    d2.TEST.DETECTIONS_PER_IMAGE = max(cfg.max_regions, cfg.min_regions)
+    d2.TEST.DETECTIONS_PER_IMAGE = cfg.candidates_per_image
     d2.MODEL.RPN.PRE_NMS_TOPK_TEST = cfg.rpn_pre_nms_top_n_test
     d2.MODEL.RPN.POST_NMS_TOPK_TEST = cfg.rpn_post_nms_top_n_test
     d2.MODEL.ANCHOR_GENERATOR.SIZES = [list(level) for level in cfg.anchor_sizes]
@@ -55,7 +56,8 @@ def build_detectron2(cfg: DetectorConfig, num_classes: int, device: torch.device
     return build_model(build_config(cfg, num_classes, device))
 
 
-def load_detectron2(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
+def load(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The backend contract's ``load``."""
     if cfg.feature != "box_head":
         raise ValueError("regions.feature: the detectron2 backend provides box_head features only")
     names = load_class_names(cfg.classes)
@@ -68,9 +70,8 @@ def load_detectron2(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Modul
     return model.eval(), names
 
 
-@torch.no_grad()
-def detect_regions_detectron2(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
-    """As :func:`features.regions.detect_regions`: ``images`` (3, H, W) RGB floats in [0, 1]."""
+def detect(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
+    """The backend contract's ``detect``: the box head on the final boxes."""
     from detectron2.modeling.postprocessing import detector_postprocess
     from detectron2.structures import Boxes, Instances
 
