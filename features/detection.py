@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ VERSION = 1
 class DetectorConfig:
     """Every key is documented in params.yaml (section ``regions``)."""
 
-    backend: str = "torchvision"  # torchvision | detectron2 (installed from source)
+    backend: Literal["torchvision", "detectron2"] = "torchvision"  # torchvision | detectron2 (installed from source)
     arch: str = "fasterrcnn_resnet50_fpn"  # torchvision: a name in detector_torchvision.ARCHITECTURES
     d2_config: str = ""  # detectron2: a config file, or a model-zoo config name
     weights: str = ""  # local state_dict file (.pt/.pth/.safetensors)
@@ -56,7 +57,7 @@ class DetectorConfig:
     min_regions: int = 0  # top up to this many regions with lower-scoring detections
     min_regions_score: float = 0.01  # ... but none below this score
     max_regions: int = 36
-    feature: str = "box_head"  # box_head (1024-d for R50-FPN) | backbone_pool (RoIAlign on C5: 2048-d)
+    feature: Literal["box_head", "backbone_pool"] = "box_head"  # box_head (1024-d for R50-FPN) | backbone_pool (RoIAlign on C5: 2048-d)
     batch_size: int = 4
 
     def identity(self) -> dict:

@@ -1,4 +1,4 @@
-"""Keyword banks for the multi-scale semantic guidance (METHOD.md §5).
+"""Keyword banks for the multi-scale semantic guidance (docs/method.md §5).
 
 - The global (scene) bank E_global: dataset-wide keywords, mined from the training captions by
   frequency (stop words and the object class names left out), or read from a file the user gives
@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class KeywordConfig:
     min_count: int = 5
     prompt: str = "{}"  # how a keyword is phrased for CLIP's text encoder, e.g. "a photo of {}"
     object_bank: str = "classes"  # "classes" (the detector's), or a text file with one keyword per line
-    local_source: str = "labels"  # labels | retrieval (FAISS over the object bank by region-crop CLIP embedding)
+    local_source: Literal["labels", "retrieval"] = "labels"  # labels | retrieval (FAISS over the object bank by region-crop CLIP embedding)
     retrieval_k: int = 1  # keywords retrieved per region
 
 

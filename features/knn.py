@@ -1,4 +1,4 @@
-"""Per-image K-nearest-neighbour graphs over regions (METHOD.md §2, eqs. 3-5).
+"""Per-image K-nearest-neighbour graphs over regions (docs/method.md §2, eqs. 3-5).
 
 Distances: ``cosine`` — d(i, j) = 1 - cos(f_i, f_j) on L2-normalised region features (the
 paper's equations); ``center`` — Euclidean distance of box centres divided by the image
@@ -16,6 +16,7 @@ on a GPU when the installed FAISS has one).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ class KnnConfig:
     """Every key is documented in params.yaml (section ``knn``)."""
 
     k: int = 5
-    metric: str = "cosine"  # cosine | center | both
+    metric: Literal["cosine", "center", "both"] = "cosine"  # cosine | center | both
     sigma: float = 1.0
-    backend: str = "torch"  # torch | faiss
+    backend: Literal["torch", "faiss"] = "torch"  # torch | faiss
     batch_images: int = 4096
 
     def identity(self) -> dict:

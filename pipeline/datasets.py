@@ -25,7 +25,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class TextConfig:
-    """Caption normalisation (METHOD.md §9); keys documented in params.yaml (``prepare``)."""
+    """Caption normalisation (docs/method.md §9); keys documented in params.yaml (``prepare``)."""
 
     lowercase: bool = True
     strip_punctuation: bool = True  # everything but letters, digits, spaces and periods

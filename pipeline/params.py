@@ -1,7 +1,9 @@
 """params.yaml → validated, typed dataclasses. The only module that reads params.yaml.
 
-Every section maps to the config dataclass of the library module that uses it. Unknown keys,
-missing sections and wrongly typed values fail at once, naming the key, before any work starts.
+Every section maps to the config dataclass of the library module that uses it. A params file
+is a run's whole configuration: unknown keys, missing keys (only the demo ``world`` section may
+be left out), wrongly typed values and choices outside their ``Literal`` fail at once, naming the
+key, before any work starts. The dataclasses' defaults serve library callers, never a run.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -45,7 +47,7 @@ class StoreConfig:
     shard_size: int = 1000
     num_workers: int = 2  # DataLoader workers decoding images
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    on_bad_image: str = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
+    on_bad_image: Literal["skip", "fail"] = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
     max_open_shards: int = 16  # readers keep at most this many shards open per kind (LRU)
 
 
@@ -71,11 +73,16 @@ class Params:
     ablation: AblationConfig
     report: ReportConfig
     # only the demo world's generator (data/dvc.yaml) reads it: a real data set's params may leave it out
-    world: WorldConfig = dataclasses.field(default_factory=WorldConfig)
+    world: WorldConfig = dataclasses.field(default_factory=WorldConfig, metadata={"optional": True})
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:  # a choice: checked now, not when a stage first uses it
+        allowed = typing.get_args(hint)
+        if value not in allowed or type(value) is not type(allowed[0]):
+            raise ParamsError(f"{key}: {value!r} is not one of {' | '.join(map(str, allowed))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(hint):
             try:
@@ -110,6 +117,10 @@ def build(cls: type, values: Any, prefix: str) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ParamsError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and not f.metadata.get("optional")]
+    if missing:  # a key left out would silently take the dataclass's default, which may differ from the docs
+        raise ParamsError(f"{prefix}.{missing[0]}: missing (a params file sets every key; params.yaml documents "
+                          "each one)")
     kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}") for k, v in values.items()}
     try:
         return cls(**kwargs)

@@ -1,4 +1,4 @@
-"""Fine-tuning CLIP's last two vision blocks from the cached tokens entering them (METHOD.md §8,
+"""Fine-tuning CLIP's last two vision blocks from the cached tokens entering them (docs/method.md §8,
 phase 2): the tail reproduces CLIP, trains only in phase 2, and survives save/load."""
 import copy
 

@@ -51,3 +51,15 @@ def test_missing_section_is_named(tmp_path):
     path.write_text(text[:start] + text[end:])
     with pytest.raises(ParamsError, match="knn"):
         load_params(path)
+
+
+def test_missing_key_is_named_not_defaulted(tmp_path):
+    path = _write(tmp_path, "  k: 5\n", "")
+    with pytest.raises(ParamsError, match=r"knn\.k: missing"):
+        load_params(path)
+
+
+def test_a_choice_outside_its_values_is_named_at_start(tmp_path):
+    path = _write(tmp_path, "  local_source: labels", "  local_source: labelz")
+    with pytest.raises(ParamsError, match=r"keywords\.local_source: 'labelz' is not one of labels \| retrieval"):
+        load_params(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -19,12 +19,12 @@ from train.model import Captioner
 class DecodeConfig:
     """Every key is documented in params.yaml (section ``evaluate``)."""
 
-    method: str = "hybrid"  # greedy | beam | hybrid
+    method: Literal["greedy", "beam", "hybrid"] = "hybrid"  # greedy | beam | hybrid
     beam_size: int = 5
     greedy_tokens: int = 3  # hybrid: tokens chosen greedily before the beam takes over
     max_tokens: int = 30
     length_penalty: float = 1.0
-    rerank: str = "none"  # none | clip | coverage: how the final beam is chosen (see :func:`decode`)
+    rerank: Literal["none", "clip", "coverage"] = "none"  # none | clip | coverage: how the final beam is chosen (see :func:`decode`)
     coverage_weight: float = 1.0  # rerank coverage: β of the coverage penalty
     coverage_heads: int = 2  # rerank coverage: heads of GPT-2's last layer that read it (train.loss.grounding_heads)
 

@@ -1,4 +1,4 @@
-"""GAT local feature enhancement (METHOD.md §3, eqs. 7-9) over a batch of per-image graphs.
+"""GAT local feature enhancement (docs/method.md §3, eqs. 7-9) over a batch of per-image graphs.
 
 All images of a batch form one disjoint graph (PyG style: nodes concatenated, edge indices
 offset), so one GATConv call per layer serves the whole batch, with no loop over images.

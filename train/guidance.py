@@ -1,4 +1,4 @@
-"""Multi-scale semantic guidance (METHOD.md §5, eqs. 11-12)."""
+"""Multi-scale semantic guidance (docs/method.md §5, eqs. 11-12)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Prefix mappers (METHOD.md eq. 14): C_fused → L_p GPT-2 input embeddings. ClipCap's two kinds."""
+"""Prefix mappers (docs/method.md eq. 14): C_fused → L_p GPT-2 input embeddings. ClipCap's two kinds."""
 from __future__ import annotations
 
 import torch

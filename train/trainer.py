@@ -1,4 +1,4 @@
-"""The training loop: two phases (METHOD.md §8), AdamW with a per-epoch ×γ decay, dvclive logs,
+"""The training loop: two phases (docs/method.md §8), AdamW with a per-epoch ×γ decay, dvclive logs,
 and the best model (by the validation scorer the caller hands in) saved as one folder."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -43,10 +43,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_tokens: int = 40
     num_workers: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, CUDA only)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, CUDA only)
     compile: bool = False  # torch.compile GPT-2 (the bulk of a step)
     seed: int = 0
-    mode: str = "supervised"  # supervised | text_only (CapDec: caption text embeddings + noise stand in for images)
+    mode: Literal["supervised", "text_only"] = "supervised"  # supervised | text_only (CapDec: caption text embeddings + noise stand in for images)
     text_noise: float = 0.016  # text_only: variance of the Gaussian noise added to the normalised text embedding
     labelled_fraction: float = 1.0  # share of the training images whose captions are used (semi-supervised: e.g. 0.02)
     scst_epochs: int = 0  # stage 2 (after phases 1-2): SCST with a CLIP reward on the images left unlabelled

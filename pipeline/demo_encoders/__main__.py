@@ -18,17 +18,14 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 from features.images import load_rgb
-from features.detection import DetectorConfig
 from pipeline.datasets import TextConfig, build_manifest, image_paths
 from pipeline.demo_encoders import clip, detector, language
+from pipeline.params import load_params
 from world.generate import WorldConfig, generate_world
 from world.grammar import SHAPES
 
 log = logging.getLogger("demo_encoders")
 
-# Must agree with the demo's params.yaml `regions` section: these keys shape the network.
-DEMO_DETECTOR = DetectorConfig(arch="demo_tiny", min_size=128, max_size=128, anchor_sizes=[[12, 20, 32, 44]],
-                               rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, max_regions=10)
 CLASSES = ["__background__", *SHAPES]
 
 
@@ -47,7 +44,10 @@ def main() -> None:
     parser.add_argument("--detector-epochs", type=int, default=3)
     parser.add_argument("--gpt2-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the demo's params, whose `regions` section shapes the detector trained here")
     args = parser.parse_args()
+    detector_cfg = load_params(args.params).regions
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     report: dict[str, float] = {}
@@ -85,7 +85,7 @@ def main() -> None:
 
     t0 = time.time()
     as_tensor = lambda entries: [to_tensor(pictures[e["id"]]) for e in entries]  # noqa: E731
-    det = detector.train_detector(DEMO_DETECTOR, len(CLASSES), as_tensor(train), _targets(train),
+    det = detector.train_detector(detector_cfg, len(CLASSES), as_tensor(train), _targets(train),
                                   args.detector_epochs, args.seed)
     report["detector_val_recall_iou50"], report["detector_val_label_accuracy"] = detector.box_recall(
         det, as_tensor(val), _targets(val))
