@@ -28,10 +28,15 @@ def _write(tmp_path, old, new):
     return path
 
 
-def test_unknown_key_is_named(tmp_path):
-    path = _write(tmp_path, "  k: 5\n", "  k: 5\n  kk: 3\n")
-    with pytest.raises(ParamsError, match=r"knn\.kk: unknown key"):
-        load_params(path)
+@pytest.mark.parametrize("old, new, message", [
+    ("  k: 5\n", "  k: 5\n  kk: 3\n", r"knn\.kk: unknown key"),
+    ("  k: 5\n", "", r"knn\.k: missing"),  # never silently the dataclass's default
+    ("  local_source: labels", "  local_source: labelz",  # a choice is checked at start, not when first used
+     r"keywords\.local_source: 'labelz' is not one of labels \| retrieval"),
+])
+def test_a_bad_key_is_named(tmp_path, old, new, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(_write(tmp_path, old, new))
 
 
 def test_wrong_type_is_named(tmp_path):
@@ -52,14 +57,3 @@ def test_missing_section_is_named(tmp_path):
     with pytest.raises(ParamsError, match="knn"):
         load_params(path)
 
-
-def test_missing_key_is_named_not_defaulted(tmp_path):
-    path = _write(tmp_path, "  k: 5\n", "")
-    with pytest.raises(ParamsError, match=r"knn\.k: missing"):
-        load_params(path)
-
-
-def test_a_choice_outside_its_values_is_named_at_start(tmp_path):
-    path = _write(tmp_path, "  local_source: labels", "  local_source: labelz")
-    with pytest.raises(ParamsError, match=r"keywords\.local_source: 'labelz' is not one of labels \| retrieval"):
-        load_params(path)
