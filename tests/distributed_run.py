@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_model import _items, _model  # noqa: E402
+from tests.helpers import synthetic_items, tiny_captioner  # noqa: E402
 from train.distributed import process_group  # noqa: E402
 from train.trainer import TrainConfig, train  # noqa: E402
 
@@ -21,11 +21,11 @@ def main() -> None:
     torch.set_num_threads(1)  # two processes share two cores
     device = torch.device("cpu")
     with process_group(device) as world:
-        model = _model(language, gat_dropout=0.0)
+        model = tiny_captioner(language, gat_dropout=0.0)
         for module in model.modules():  # dropout draws differ per rank; without it the runs can agree
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-        data = _items(n=24, tokenizer=model.tokenizer)
+        data = synthetic_items(n=24, tokenizer=model.tokenizer)
         cfg = TrainConfig(phase1_epochs=1, phase2_epochs=2, lr=3e-3, batch_size=8, seed=3)
         best = train(model, data, cfg, out / "model", out / "live", lambda m: {"score": -float(m.fuse.weight.sum())},
                      "score", device, checkpoint=out / "ckpt.pt", fingerprint="f", world=world)

@@ -12,7 +12,7 @@ from features.clip import ClipTail, build_tail, encode_images, load_clip, tail_s
 from pipeline.params import ParamsError, load_params
 from tests.conftest import ROOT
 from tests.test_features import _images
-from tests.test_model import OBJECTS, SCENES, _items, changed_by_one_step
+from tests.helpers import OBJECTS, SCENES, synthetic_items, changed_by_one_step
 from train.data import collate
 from train.model import Captioner, FeatureDims, ModelConfig, load_captioner, load_gpt2
 from train.trainer import set_phase
@@ -34,7 +34,7 @@ def _captioner(clip, language) -> Captioner:
 
 def _batch(model, clip, tmp_path):
     arrays, _ = encode_images(clip, _images(tmp_path), batch_size=3, num_workers=0, with_tokens=True)
-    items = _items(n=3, tokenizer=model.tokenizer)
+    items = synthetic_items(n=3, tokenizer=model.tokenizer)
     for item, tokens, embedding in zip(items, arrays["tokens"], arrays["embeddings"]):
         item.update(clip_tokens=tokens, clip=embedding, text=embedding[::-1].copy())
     return collate(items, pad_id=model.tokenizer.pad_token_id), arrays["embeddings"]

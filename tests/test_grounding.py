@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from world.grammar import ground_caption
-from tests.test_model import _items, _model
+from tests.helpers import synthetic_items, tiny_captioner
 from train.data import CaptionPairs, collate, token_phrases
 from train.decode import DecodeConfig, coverage_penalty, decode, search, texts_of
 from train.losses import LossConfig, grounding_loss, total_loss
@@ -59,7 +59,7 @@ def test_caption_pairs_ground_tokens_to_the_regions_that_show_the_object(tiny_la
 
 
 def test_collate_places_each_caption_s_targets_at_its_image_s_nodes():
-    items = _items(n=2)
+    items = synthetic_items(n=2)
     for it in items:
         it["tokens"] = np.array([5, 6, 7])
         it["ground"] = np.zeros((3, len(it["boxes"])), bool)
@@ -82,7 +82,7 @@ def test_grounding_loss_is_minus_log_attention_mass_on_the_object_s_region_token
 
 
 def _grounded_batch(model):
-    items = _items(n=3, tokenizer=model.tokenizer)
+    items = synthetic_items(n=3, tokenizer=model.tokenizer)
     for it in items:
         it["ground"] = np.zeros((len(it["tokens"]), len(it["boxes"])), bool)
         it["ground"][1:-1, 0] = True  # every word after the first is grounded to the image's first region
@@ -91,7 +91,7 @@ def _grounded_batch(model):
 
 def test_training_on_the_grounding_loss_moves_attention_to_the_object(tiny_language):
     torch.manual_seed(0)
-    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=8,
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=8,
                    spatial_context="bins").eval()  # no dropout: a smooth descent
     batch, cfg = _grounded_batch(model), LossConfig(grounding_weight=1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -106,12 +106,12 @@ def test_training_on_the_grounding_loss_moves_attention_to_the_object(tiny_langu
 
 
 def test_grounding_needs_region_tokens_and_groundings_and_a_real_head(tiny_language):
-    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4)
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4)
     batch = _grounded_batch(model)
     with pytest.raises(ValueError, match="grounding_weight needs region tokens"):
         total_loss(model, {k: v for k, v in batch.items() if k != "ground"}, LossConfig(grounding_weight=1.0))
     with pytest.raises(ValueError, match="grounding_weight needs region tokens"):
-        total_loss(_model(tiny_language), batch, LossConfig(grounding_weight=1.0))
+        total_loss(tiny_captioner(tiny_language), batch, LossConfig(grounding_weight=1.0))
     with pytest.raises(ValueError, match="grounding_heads: 3 is not within 1..2"):
         total_loss(model, batch, LossConfig(grounding_weight=1.0, grounding_heads=3))
     assert "ground" not in total_loss(model, batch, LossConfig())  # off by default
@@ -150,7 +150,7 @@ def test_spatial_bins_context_changes_only_when_a_neighbour_changes_sector():
 
 def test_coverage_penalty_is_the_log_attention_mass_each_region_got_capped_at_one(tiny_language):
     torch.manual_seed(0)
-    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4,
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4,
                    spatial_tokens=True).eval()
     batch = _grounded_batch(model)
     prefix = model.prefix(batch)
@@ -173,7 +173,7 @@ def test_coverage_penalty_is_the_log_attention_mass_each_region_got_capped_at_on
 
 def test_coverage_rerank_adds_the_weighted_penalty_to_the_beam_scores(tiny_language):
     torch.manual_seed(0)
-    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4).eval()
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4).eval()
     batch = _grounded_batch(model)
     plain = DecodeConfig(method="beam", beam_size=4, max_tokens=6)
     embeds = model.prefix(batch).embeddings
@@ -191,4 +191,4 @@ def test_coverage_rerank_adds_the_weighted_penalty_to_the_beam_scores(tiny_langu
     with pytest.raises(ValueError, match="coverage_heads: 3 is not within 1..2"):
         decode(model, batch, dataclasses.replace(plain, rerank="coverage", coverage_heads=3))
     with pytest.raises(ValueError, match="rerank coverage needs region tokens"):
-        decode(_model(tiny_language).eval(), batch, dataclasses.replace(plain, rerank="coverage"))
+        decode(tiny_captioner(tiny_language).eval(), batch, dataclasses.replace(plain, rerank="coverage"))

@@ -6,56 +6,9 @@ import torch
 from train.data import collate, graph_edges
 from train.decode import DecodeConfig, decode
 from train.losses import LossConfig, total_loss
-from train.model import Captioner, FeatureDims, ModelConfig, load_captioner, load_gpt2
+from train.model import load_captioner
 
-D_CLIP, D_REGION, SCENES, OBJECTS = 16, 24, 6, 5
-
-
-def _items(n=3, seed=0, tokenizer=None):
-    rng = np.random.default_rng(seed)
-    items = []
-    for i in range(n):
-        count = [4, 1, 7][i % 3]
-        neighbors = np.array([[j for j in range(count) if j != r][:2] + [-1] * (2 - min(2, count - 1)) for r in range(count)])
-        item = {
-            "clip": rng.normal(size=D_CLIP).astype(np.float32),
-            "features": rng.normal(size=(count, D_REGION)).astype(np.float32),
-            "scores": rng.uniform(size=count).astype(np.float32),
-            "keyword_ids": rng.integers(-1, OBJECTS, size=(count, 2)),
-            "keyword_scores": rng.uniform(size=(count, 2)).astype(np.float32),
-            "neighbors": neighbors.astype(np.int32), "weights": np.full(neighbors.shape, 0.5, np.float32),
-            "text": rng.normal(size=D_CLIP).astype(np.float32), "index": i,
-            "boxes": random_boxes(rng, count), "image_size": np.array([128, 128], np.float32),
-        }
-        if tokenizer is not None:
-            item["tokens"] = tokenizer("a red circle on the beach", add_special_tokens=False).input_ids + [
-                tokenizer.eos_token_id]
-        items.append(item)
-    return items
-
-
-def random_boxes(rng: np.random.Generator, count: int, side: int = 128) -> np.ndarray:
-    """(count, 4) boxes (x0, y0, x1, y1) inside a ``side`` × ``side`` image."""
-    corner = rng.uniform(0, side * 0.6, size=(count, 2))
-    return np.concatenate([corner, corner + rng.uniform(8, side * 0.4, size=(count, 2))], axis=1).astype(np.float32)
-
-
-def _model(tiny_language, **overrides) -> Captioner:
-    torch.manual_seed(0)
-    gpt2, tokenizer = load_gpt2(str(tiny_language))
-    cfg = ModelConfig(gpt2=str(tiny_language), gat_hidden=8, gat_heads=2, prefix_length=3, **overrides)
-    dims = FeatureDims(clip=D_CLIP, region=D_REGION, scene_bank=SCENES, object_bank=OBJECTS)
-    return Captioner(cfg, dims, gpt2, tokenizer, torch.randn(SCENES, D_CLIP), torch.randn(OBJECTS, D_CLIP))
-
-
-def changed_by_one_step(model: Captioner, batch: dict) -> set[str]:
-    """Names of the parameters one AdamW step on the training loss changes."""
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    total_loss(model, batch, LossConfig())["total"].backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+from tests.helpers import D_CLIP, D_REGION, SCENES, changed_by_one_step, synthetic_items, tiny_captioner
 
 
 def test_graph_edges_are_symmetric_and_unique():
@@ -67,7 +20,7 @@ def test_graph_edges_are_symmetric_and_unique():
 
 
 def test_collate_offsets_graphs(tiny_language):
-    batch = collate(_items())
+    batch = collate(synthetic_items())
     assert batch["x"].shape == (12, D_REGION) and batch["node_batch"].tolist() == [0] * 4 + [1] + [2] * 7
     assert batch["edge_index"].max() < 12 and batch["keyword_ids"].shape == (3, 7, 2)
     assert (batch["keyword_ids"][1, 1:] == -1).all()  # padding has no keyword
@@ -76,8 +29,8 @@ def test_collate_offsets_graphs(tiny_language):
 
 
 def test_prefix_shapes_and_every_parameter_gets_a_gradient(tiny_language):
-    model = _model(tiny_language)
-    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    model = tiny_captioner(tiny_language)
+    batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     prefix = model.prefix(batch)
     assert prefix.embeddings.shape == (3, 3, model.gpt2.config.n_embd)
     assert prefix.fused.shape == prefix.gate.shape == (3, D_CLIP) and prefix.scene_attention.shape == (3, SCENES)
@@ -90,17 +43,17 @@ def test_prefix_shapes_and_every_parameter_gets_a_gradient(tiny_language):
 @pytest.mark.parametrize("switch, module", [("gat", "gat"), ("global_guidance", "global_guidance"),
                                             ("local_guidance", "local_guidance")])
 def test_ablation_switches_remove_their_module(tiny_language, switch, module):
-    full, ablated = _model(tiny_language), _model(tiny_language, **{switch: False})
+    full, ablated = tiny_captioner(tiny_language), tiny_captioner(tiny_language, **{switch: False})
     assert getattr(full, module) is not None and getattr(ablated, module) is None
     assert not any(n.startswith(module + ".") for n, _ in ablated.named_parameters())
-    batch = collate(_items(tokenizer=ablated.tokenizer))
+    batch = collate(synthetic_items(tokenizer=ablated.tokenizer))
     assert ablated.prefix(batch).embeddings.shape == (3, 3, ablated.gpt2.config.n_embd)
     assert sum(p.numel() for p in ablated.parameters()) < sum(p.numel() for p in full.parameters())
 
 
 def test_overfits_a_handful_of_samples(tiny_language):
-    model = _model(tiny_language)
-    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    model = tiny_captioner(tiny_language)
+    batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(150):
@@ -117,30 +70,30 @@ def test_overfits_a_handful_of_samples(tiny_language):
 
 
 def test_save_and_load_give_the_same_prefix(tiny_language, tmp_path):
-    model = _model(tiny_language).eval()
+    model = tiny_captioner(tiny_language).eval()
     model.save(tmp_path / "captioner", extra={"note": 1})
     loaded, config = load_captioner(tmp_path / "captioner")
-    batch = collate(_items())
+    batch = collate(synthetic_items())
     torch.testing.assert_close(loaded.prefix(batch).embeddings, model.prefix(batch).embeddings)
     assert config["note"] == 1 and config["model"]["prefix_length"] == 3
 
 
 def test_transformer_mapper_replaces_the_mlp(tiny_language):
-    model = _model(tiny_language, mapping="transformer", mapping_layers=2, mapping_clip_length=4)
+    model = tiny_captioner(tiny_language, mapping="transformer", mapping_layers=2, mapping_clip_length=4)
     assert type(model.mapping).__name__ == "TransformerMapper"
-    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     assert model.prefix(batch).embeddings.shape == (3, 3, model.gpt2.config.n_embd)
     total_loss(model, batch, LossConfig())["total"].backward()
     assert model.mapping.constants.grad is not None and model.mapping.project.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="model.mapping"):
-        _model(tiny_language, mapping="lstm")
+        tiny_captioner(tiny_language, mapping="lstm")
 
 
 def test_phase_one_freezes_gpt2_and_trains_the_rest(tiny_language):
     from train.trainer import set_phase
 
-    model = _model(tiny_language)
-    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    model = tiny_captioner(tiny_language)
+    batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     names = {n for n, _ in model.named_parameters()}
     for phase in (1, 2):
         set_phase(model, phase)
@@ -155,8 +108,8 @@ def test_search_matches_transformers_generate(tiny_language):
     when no caption ends early (where both keep exactly the k best continuations)."""
     from train.decode import search
 
-    model = _model(tiny_language).eval()
-    embeds = model.prefix(collate(_items(n=6))).embeddings
+    model = tiny_captioner(tiny_language).eval()
+    embeds = model.prefix(collate(synthetic_items(n=6))).embeddings
     tok = model.tokenizer
     for beams in (1, 3):
         cfg = DecodeConfig(max_tokens=8)
@@ -172,12 +125,12 @@ def test_search_matches_transformers_generate(tiny_language):
 
 
 def test_clip_prefix_model_has_no_region_branch(tiny_language):
-    model = _model(tiny_language, regions=False, gat=False, global_guidance=False, local_guidance=False)
+    model = tiny_captioner(tiny_language, regions=False, gat=False, global_guidance=False, local_guidance=False)
     assert model.fuse is None and model.gat is None
-    batch = collate(_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     prefix = model.prefix(batch)
     torch.testing.assert_close(prefix.fused, batch["clip"])  # ClipCap: the mapper reads CLIP directly
     batch["x"] = torch.full_like(batch["x"], float("nan"))  # regions are never read
     assert torch.isfinite(model.prefix(batch).embeddings).all()
     with pytest.raises(ValueError, match="model.gat needs model.regions"):
-        _model(tiny_language, regions=False)
+        tiny_captioner(tiny_language, regions=False)

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from tests.conftest import ROOT
-from tests.test_model import random_boxes
+from tests.helpers import random_boxes
 from train.data import collate
 from train.decode import DecodeConfig, decode
 from train.losses import LossConfig, total_loss

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_model import _items, _model, changed_by_one_step
+from tests.helpers import synthetic_items, tiny_captioner, changed_by_one_step
 from train.data import collate
 from train.region_graph import (SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots,
                            reorder_slots)
@@ -31,10 +31,10 @@ def test_box_sinusoids_make_small_geometry_differences_unit_scale():
 def test_region_token_skip_keeps_each_region_s_own_feature(tiny_language):
     """A GAT whose output is the same for every node (zero weights) leaves tokens that cannot tell
     regions apart; the skip connection puts each region's own feature back into its token."""
-    batch = collate(_items(n=2, tokenizer=None), pad_id=0)
+    batch = collate(synthetic_items(n=2, tokenizer=None), pad_id=0)
     tokens = {}
     for skip in (False, True):
-        model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, region_token_skip=skip).eval()
+        model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4, region_token_skip=skip).eval()
         with torch.no_grad():
             for p in model.gat.parameters():
                 p.zero_()
@@ -62,13 +62,13 @@ def test_region_slots_order_by_score_or_position_and_cap():
 
 
 def test_region_tokens_follow_the_paper_prefix_and_fill_empty_slots(tiny_language):
-    model = _model(tiny_language, prefix_regions="tokens", region_tokens=5, region_order="position").eval()
-    batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)  # 4, 1, 7 regions
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=5, region_order="position").eval()
+    batch = collate(synthetic_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)  # 4, 1, 7 regions
     embeddings = model.prefix(batch).embeddings
     assert embeddings.shape == (3, 3 + 5, model.gpt2.config.n_embd)
     empty = model.region_tokens.empty
     assert [int((embeddings[b, 3:] == empty).all(dim=-1).sum()) for b in range(3)] == [1, 4, 0]
-    paper = _model(tiny_language).eval()  # the same weights before the tokens: the paper's prefix is unchanged
+    paper = tiny_captioner(tiny_language).eval()  # the same weights before the tokens: the paper's prefix is unchanged
     torch.testing.assert_close(embeddings[:, :3], paper.prefix(batch).embeddings)
 
 
@@ -102,18 +102,18 @@ def test_spatial_context_of_a_batch_without_a_pair_of_regions_is_empty(mode, nod
 
 
 def test_spatial_context_reaches_the_prefix_and_trains(tiny_language):
-    model = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4)
-    batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4)
+    batch = collate(synthetic_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     assert {"spatial_context.gates.0.weight", "spatial_context.message.weight", "spatial_context.out.weight"} <= \
         changed_by_one_step(model.train(), batch)
 
 
 def test_spatial_tokens_keep_each_region_s_own_token_free_of_its_context(tiny_language):
-    added = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4).eval()
-    apart = _model(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4,
+    added = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4).eval()
+    apart = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4, spatial_directions=4,
                    spatial_tokens=True).eval()  # the same weights: no module is added
-    plain = _model(tiny_language, prefix_regions="tokens", region_tokens=4).eval()
-    batch = collate(_items(n=3, tokenizer=added.tokenizer), pad_id=added.tokenizer.pad_token_id)
+    plain = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4).eval()
+    batch = collate(synthetic_items(n=3, tokenizer=added.tokenizer), pad_id=added.tokenizer.pad_token_id)
     prefix = apart.prefix(batch)
     assert apart.prefix_tokens == prefix.embeddings.shape[1] == 3 + 2 * 4
     own, around = prefix.embeddings[:, 3:7], prefix.embeddings[:, 7:]
@@ -122,15 +122,15 @@ def test_spatial_tokens_keep_each_region_s_own_token_free_of_its_context(tiny_la
                                * (prefix.region_slots[:, 4:] < 0)[..., None])  # empty slots hold "no region" twice
     assert torch.equal(prefix.region_slots[:, :4], prefix.region_slots[:, 4:])  # a node fills both of its slots
     with pytest.raises(ValueError, match="model.spatial_tokens needs model.spatial_directions"):
-        _model(tiny_language, prefix_regions="tokens", spatial_tokens=True)
+        tiny_captioner(tiny_language, prefix_regions="tokens", spatial_tokens=True)
 
 
 def test_top_down_context_tokens_are_ordered_by_height_and_hold_their_region(tiny_language):
     switches = dict(prefix_regions="tokens", region_tokens=4, spatial_directions=4, spatial_tokens=True,
                     region_order="position")
-    same = _model(tiny_language, **switches).eval()
-    top_down = _model(tiny_language, **switches, spatial_token_order="top_down").eval()  # the same weights
-    batch = collate(_items(n=3, tokenizer=same.tokenizer), pad_id=same.tokenizer.pad_token_id)
+    same = tiny_captioner(tiny_language, **switches).eval()
+    top_down = tiny_captioner(tiny_language, **switches, spatial_token_order="top_down").eval()  # the same weights
+    batch = collate(synthetic_items(n=3, tokenizer=same.tokenizer), pad_id=same.tokenizer.pad_token_id)
     a, b = same.prefix(batch), top_down.prefix(batch)
     torch.testing.assert_close(b.embeddings[:, :7], a.embeddings[:, :7])  # the paper's prefix and own tokens
     own_slots, context_slots = b.region_slots[:, :4], b.region_slots[:, 4:]
@@ -146,7 +146,7 @@ def test_top_down_context_tokens_are_ordered_by_height_and_hold_their_region(tin
                 context = a.embeddings[image, 7 + own_slots[image].tolist().index(node)]
                 torch.testing.assert_close(b.embeddings[image, 7 + slot], own + context)
     with pytest.raises(ValueError, match="model.spatial_token_order: unknown 'left_right'"):
-        _model(tiny_language, **switches, spatial_token_order="left_right")
+        tiny_captioner(tiny_language, **switches, spatial_token_order="left_right")
 
 
 def _moved(batch: dict, node: int, dx: float) -> dict:
@@ -156,17 +156,17 @@ def _moved(batch: dict, node: int, dx: float) -> dict:
 
 
 def test_positions_reach_the_prefix_only_through_geometry_switches(tiny_language):
-    batch = collate(_items(n=3), pad_id=0)
-    plain = _model(tiny_language).eval()
+    batch = collate(synthetic_items(n=3), pad_id=0)
+    plain = tiny_captioner(tiny_language).eval()
     torch.testing.assert_close(plain.prefix(_moved(batch, 0, 0.2)).embeddings, plain.prefix(batch).embeddings)
     for switches in ({"box_embedding": True}, {"edge_geometry": True}):
-        model = _model(tiny_language, **switches).eval()
+        model = tiny_captioner(tiny_language, **switches).eval()
         assert not torch.allclose(model.prefix(_moved(batch, 0, 0.2)).embeddings, model.prefix(batch).embeddings)
 
 
 def test_geometry_and_token_parameters_train(tiny_language):
-    model = _model(tiny_language, prefix_regions="tokens", box_embedding=True, edge_geometry=True)
-    batch = collate(_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", box_embedding=True, edge_geometry=True)
+    batch = collate(synthetic_items(n=3, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     changed = changed_by_one_step(model.train(), batch)
     assert {"box_embedding.project.weight", "region_tokens.empty", "region_tokens.project.0.weight"} <= changed
     assert any(n.startswith("gat.convs.0.lin_edge") for n in changed)  # the edge attributes reach the GAT
@@ -181,12 +181,12 @@ def test_geometry_and_token_parameters_train(tiny_language):
 ])
 def test_bad_region_switches_are_refused(tiny_language, switches, message):
     with pytest.raises(ValueError, match=message):
-        _model(tiny_language, **switches)
+        tiny_captioner(tiny_language, **switches)
 
 
 def test_store_boxes_reach_the_batch(tmp_path):
     """collate turns each item's pixel boxes and image size into the (V, 5) geometry."""
-    items = _items(n=2)
+    items = synthetic_items(n=2)
     batch = collate(items, pad_id=0)
     boxes = np.concatenate([it["boxes"] for it in items])
     assert batch["geometry"].shape == (len(boxes), 5)
@@ -194,11 +194,11 @@ def test_store_boxes_reach_the_batch(tmp_path):
 
 
 def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language):
-    from tests.test_model import D_CLIP, D_REGION, OBJECTS, SCENES
+    from tests.helpers import D_CLIP, D_REGION, OBJECTS, SCENES
     from train.model import Captioner, FeatureDims, ModelConfig, load_gpt2
 
     rng = np.random.default_rng(0)
-    items = _items(n=3)
+    items = synthetic_items(n=3)
     for item in items:
         item["region_clip"] = rng.normal(size=(len(item["features"]), 12)).astype(np.float32)
     batch = collate(items, pad_id=0)
@@ -216,13 +216,13 @@ def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language
         assert not torch.allclose(model.prefix(other_crops).embeddings, prefix)
     assert not ModelConfig().reads_region_clip
     with pytest.raises(ValueError, match="model.region_features: unknown 'pixels'"):
-        _model(tiny_language, region_features="pixels")
+        tiny_captioner(tiny_language, region_features="pixels")
 
 
 def test_prefix_and_caption_must_fit_gpt2_s_positions(tiny_language):
     from train.trainer import TrainConfig, check_mode
 
-    model = _model(tiny_language, prefix_regions="tokens", region_tokens=30)  # the tiny GPT-2 has 64 positions
+    model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=30)  # the tiny GPT-2 has 64 positions
     check_mode(model, TrainConfig(max_tokens=31))
     assert model.prefix_tokens == 3 + 30
     with pytest.raises(ValueError, match="train.max_tokens = 65 exceeds"):

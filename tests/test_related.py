@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_model import D_CLIP, D_REGION, OBJECTS, SCENES, _items, _model, changed_by_one_step
+from tests.helpers import D_CLIP, D_REGION, OBJECTS, SCENES, synthetic_items, tiny_captioner, changed_by_one_step
 from train.data import collate, labelled_split
 from train.decode import DecodeConfig, decode, search, texts_of
 from train.model import Captioner, FeatureDims, ModelConfig, load_captioner, load_gpt2
@@ -27,7 +27,7 @@ def _keyword_model(tiny_language, top_k=3, **overrides) -> Captioner:
 
 
 def _batch(model: Captioner, n: int = 3) -> dict:
-    return collate(_items(n=n, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    return collate(synthetic_items(n=n, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
 
 
 def test_keyword_only_model_sees_the_image_only_through_its_top_k_keywords(tiny_language):
@@ -56,7 +56,7 @@ def test_keyword_only_model_saves_its_bank_and_refuses_an_image_branch(tiny_lang
     with pytest.raises(ValueError, match=r"model.keyword_top_k: 9 is not within 1..7"):
         _keyword_model(tiny_language, top_k=9)
     with pytest.raises(ValueError, match="model.condition: unknown 'pixels'"):
-        _model(tiny_language, condition="pixels")
+        tiny_captioner(tiny_language, condition="pixels")
 
 
 def _word_encoder(texts: list[str]) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_labelled_split_is_seeded_disjoint_and_never_empty():
 
 
 def test_caption_mask_and_samples_stop_at_eos(tiny_language):
-    model = _model(tiny_language).eval()
+    model = tiny_captioner(tiny_language).eval()
     eos = model.tokenizer.eos_token_id
     tokens = torch.tensor([[5, eos, eos, eos], [5, 6, 7, 8], [eos, 9, eos, 9]])
     assert caption_mask(tokens, eos).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
@@ -114,7 +114,7 @@ def _early_letter_encoder(texts: list[str]) -> np.ndarray:
 
 
 def test_self_critical_training_raises_the_reward(tiny_language):
-    model = _model(tiny_language, **_NO_IMAGE_BRANCH).train()
+    model = tiny_captioner(tiny_language, **_NO_IMAGE_BRANCH).train()
     batch = {**_batch(model, 8), "clip": torch.eye(D_CLIP)[[0] * 8]}
     del batch["text"], batch["tokens"], batch["mask"]  # stage 2 has no captions
     objective = SelfCritical(model, _early_letter_encoder, max_tokens=8)
@@ -135,9 +135,9 @@ def test_self_critical_training_raises_the_reward(tiny_language):
 
 
 def test_stage_two_follows_stage_one_and_yields_the_model(tiny_language, tmp_path):
-    model = _model(tiny_language, **_NO_IMAGE_BRANCH)
-    labelled = _items(n=4, tokenizer=model.tokenizer)
-    unlabelled = [{k: v for k, v in item.items() if k not in ("tokens", "text")} for item in _items(n=4, seed=1)]
+    model = tiny_captioner(tiny_language, **_NO_IMAGE_BRANCH)
+    labelled = synthetic_items(n=4, tokenizer=model.tokenizer)
+    unlabelled = [{k: v for k, v in item.items() if k not in ("tokens", "text")} for item in synthetic_items(n=4, seed=1)]
     scores = iter([5.0, 4.0, 1.0, 2.0])  # stage 1's first epoch scores best, but stage 2 gives the model
     cfg = TrainConfig(phase1_epochs=1, phase2_epochs=1, scst_epochs=2, labelled_fraction=0.5, batch_size=4)
     best = train(model, labelled, cfg, tmp_path / "model", tmp_path / "live", lambda m: {"s": next(scores)}, "s",

@@ -3,7 +3,7 @@ captioner that learnt its images' relations answering them."""
 import torch
 
 from eval.relation_ranking import caption_log_likelihoods, relation_questions, relation_ranking
-from tests.test_model import _items, _model
+from tests.helpers import synthetic_items, tiny_captioner
 from train.data import collate
 from train.losses import LossConfig, generation_loss, total_loss
 
@@ -32,8 +32,8 @@ def test_every_ordered_pair_is_asked_with_its_true_relation():
 
 
 def test_log_likelihood_is_the_training_loss_summed(tiny_language):
-    model = _model(tiny_language).eval()
-    batch = collate(_items(n=1, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    model = tiny_captioner(tiny_language).eval()
+    batch = collate(synthetic_items(n=1, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     prefix = model.prefix(batch)
     n_tokens = int(batch["mask"].sum())
     logits = model.caption_logits(prefix.embeddings, batch["tokens"], batch["mask"])
@@ -44,8 +44,8 @@ def test_log_likelihood_is_the_training_loss_summed(tiny_language):
 
 def test_a_captioner_that_learnt_the_relations_ranks_them_right(tiny_language):
     torch.manual_seed(0)
-    model = _model(tiny_language)
-    images = _items(n=3)
+    model = tiny_captioner(tiny_language)
+    images = synthetic_items(n=3)
     pairs = []  # each image with both of its relation statements
     for item, extra in zip(images, EXTRAS):
         for texts, truth in relation_questions(extra):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from eval.report import ReportItem, explain, write_report
-from tests.test_model import OBJECTS, SCENES, _items, _model
+from tests.helpers import OBJECTS, SCENES, synthetic_items, tiny_captioner
 from train.data import collate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -17,8 +17,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture
 def report(tiny_language, tmp_path):
-    model = _model(tiny_language)
-    items = _items(n=3)
+    model = tiny_captioner(tiny_language)
+    items = synthetic_items(n=3)
     explanations = explain(model, collate(items), [f"scene{i}" for i in range(SCENES)],
                            [f"object <{i}>" for i in range(OBJECTS)], top=3)
     report_items = []

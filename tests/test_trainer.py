@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.test_model import _items, _model
+from tests.helpers import synthetic_items, tiny_captioner
 from train.data import collate
 from train.losses import LossConfig
 from train.trainer import TrainConfig, train
@@ -16,8 +16,8 @@ class Killed(RuntimeError):
 
 
 def _run(tiny_language, folder, kill_at_epoch=None, fingerprint="a", precision="fp32"):
-    model = _model(tiny_language)
-    data = _items(n=6, tokenizer=model.tokenizer)
+    model = tiny_captioner(tiny_language)
+    data = synthetic_items(n=6, tokenizer=model.tokenizer)
     calls = []
 
     def scorer(m):
@@ -68,10 +68,10 @@ def test_bf16_autocast_trains(tiny_language, tmp_path):
 def test_text_only_training_never_sees_the_image(tiny_language):
     from train.trainer import Objective, check_mode
 
-    model = _model(tiny_language, regions=False, gat=False, global_guidance=False, local_guidance=False,
+    model = tiny_captioner(tiny_language, regions=False, gat=False, global_guidance=False, local_guidance=False,
                    normalize_clip=True)
     cfg = TrainConfig(mode="text_only", text_noise=0.016)
-    batch = collate(_items(n=4, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    batch = collate(synthetic_items(n=4, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     losses = []
     for clip in (batch["clip"], torch.randn_like(batch["clip"]) * 100):  # any image embedding at all
         torch.manual_seed(0)
@@ -80,6 +80,6 @@ def test_text_only_training_never_sees_the_image(tiny_language):
     torch.manual_seed(0)
     assert Objective(model, TrainConfig())(batch)["total"].item() != losses[0]  # supervised mode does read it
     with pytest.raises(ValueError, match="text_only trains without images"):
-        check_mode(_model(tiny_language), cfg)
+        check_mode(tiny_captioner(tiny_language), cfg)
     with pytest.raises(ValueError, match="train.mode: unknown 'rl'"):
         check_mode(model, TrainConfig(mode="rl"))

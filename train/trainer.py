@@ -225,37 +225,23 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg.lr_decay)
-    best: dict[str, float] = {score_key: -math.inf}
-    start = 0
-    state = load_checkpoint(checkpoint, fingerprint, world.size) if checkpoint else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"][world.rank])
-        best, start = state["best"], state["epoch"] + 1
-        log.info("resuming after epoch %d from %s", state["epoch"], checkpoint)
+    best, start = _resume(checkpoint, fingerprint, world, model, optimizer, scheduler, score_key)
     autocast, scaler = mixed_precision(cfg.precision, device)
     if cfg.compile:
         model.gpt2.forward = torch.compile(model.gpt2.forward)
-    collate_fn = partial(collate, pad_id=model.tokenizer.pad_token_id)
     phases = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs + [SCST] * cfg.scst_epochs
-    live_or_none = (Live(str(live_dir), resume=state is not None, dvcyaml=False, save_dvc_exp=False)
+    live_or_none = (Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
                     if world.is_main else contextlib.nullcontext())
     with live_or_none as live:
         for epoch in range(start, len(phases)):
             phase = phases[epoch]
-            set_phase(model, phase)
-            model.train()
             if phase == SCST and (epoch == 0 or phases[epoch - 1] != SCST):  # stage 2 starts: its own rate, its own best
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.scst_lr
                 best = {score_key: -math.inf}
             data = unlabelled.images if phase == SCST else train_set
-            loader = DataLoader(data, batch_sampler=_batches(data, cfg, epoch, world), num_workers=cfg.num_workers, collate_fn=collate_fn)
-            objective = _objective(model, cfg, world, device, phase, unlabelled)
-            losses = mean_over_ranks(train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
-                                                  f"epoch {epoch} (phase {phase})"), world)
+            losses = _train_one_epoch(model, data, optimizer, (autocast, scaler), cfg, device, world, epoch, phase,
+                                      unlabelled)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             model.eval()
@@ -267,15 +253,44 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
             rng = gather(_rng_state(), world)
             if world.is_main:
                 _log_epoch(live, epoch, lr, losses, scores)
-            if checkpoint and world.is_main:
-                save_checkpoint(checkpoint, {
-                    "fingerprint": fingerprint, "epoch": epoch, "best": best, "rng": rng, "world_size": world.size,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()})
+                if checkpoint:
+                    save_checkpoint(checkpoint, {
+                        "fingerprint": fingerprint, "epoch": epoch, "best": best, "rng": rng, "world_size": world.size,
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict()})
             barrier(world)  # no rank starts the next epoch before the checkpoint is complete
     if checkpoint and world.is_main:
         checkpoint.unlink(missing_ok=True)  # finished: a later run (dvc repro -f) starts afresh
     return best
+
+
+def _resume(checkpoint: Path | None, fingerprint: str, world: World, model: Captioner,
+            optimizer: torch.optim.Optimizer, scheduler, score_key: str) -> tuple[dict[str, float], int]:
+    """(best scores so far, first epoch to run): restored from ``checkpoint`` when it was made by
+    this configuration, code and world size (weights, optimizer, schedule, this rank's RNG)."""
+    state = load_checkpoint(checkpoint, fingerprint, world.size) if checkpoint else None
+    if state is None:
+        return {score_key: -math.inf}, 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"][world.rank])
+    log.info("resuming after epoch %d from %s", state["epoch"], checkpoint)
+    return state["best"], state["epoch"] + 1
+
+
+def _train_one_epoch(model: Captioner, data, optimizer: torch.optim.Optimizer, precision: tuple, cfg: TrainConfig,
+                     device: torch.device, world: World, epoch: int, phase: int,
+                     unlabelled: Unlabelled | None) -> dict[str, float]:
+    """One epoch of ``phase`` over ``data``; its mean losses over every rank's batches."""
+    set_phase(model, phase)
+    model.train()
+    loader = DataLoader(data, batch_sampler=_batches(data, cfg, epoch, world), num_workers=cfg.num_workers,
+                        collate_fn=partial(collate, pad_id=model.tokenizer.pad_token_id))
+    objective = _objective(model, cfg, world, device, phase, unlabelled)
+    autocast, scaler = precision
+    return mean_over_ranks(train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
+                                       f"epoch {epoch} (phase {phase})"), world)
 
 
 def _log_epoch(live: Live, epoch: int, lr: float, losses: dict[str, float], scores: dict[str, float]) -> None:
