@@ -19,13 +19,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.metrics import cider  # noqa: E402
-from pipeline.params import load_params  # noqa: E402
-from pipeline.stages.common import load_manifest, open_features, split_indices  # noqa: E402
-from pipeline.stages.train import OUT  # noqa: E402
-from train.data import Images  # noqa: E402
 from benchmarks.training import paper_model  # noqa: E402
-from train.decode import DecodeConfig, caption_images, search  # noqa: E402
+from eval.metrics import cider  # noqa: E402
+from pipeline.app import load_manifest  # noqa: E402
+from pipeline.model_inputs import open_features, split_indices  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from pipeline.paths import CAPTIONER  # noqa: E402
+from train.config import DecodeConfig  # noqa: E402
+from train.data import Images  # noqa: E402
+from train.decode import caption_images, search  # noqa: E402
 from train.model import load_captioner  # noqa: E402
 
 
@@ -36,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     params, manifest = load_params(Path("params.yaml")), load_manifest()
-    model, _ = load_captioner(OUT)
+    model, _ = load_captioner(CAPTIONER)
     features = open_features(params, manifest, with_tokens=model.clip_tail is not None,
                              with_region_clip=model.cfg.reads_region_clip)
     indices = split_indices(manifest, params.evaluate.split, features, args.images)

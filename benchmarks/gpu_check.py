@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features.clip import load_clip  # noqa: E402
+from features.detectors import detect_regions, load_detector  # noqa: E402
 from features.images import load_rgb  # noqa: E402
 from features.knn import knn_graphs  # noqa: E402
-from features.detection import detect_regions, load_detector  # noqa: E402
 from features.store import shard_path, shard_slices, write_shard  # noqa: E402
 from pipeline import extract  # noqa: E402
 from pipeline.paper_check import build_weights  # noqa: E402

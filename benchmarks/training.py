@@ -31,15 +31,24 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.knn import KnnConfig, knn_graphs  # noqa: E402
-from features.detection import DetectorConfig, detect_regions, pad_regions  # noqa: E402
+from features.config import (
+    DetectorConfig,  # noqa: E402
+    KnnConfig,  # noqa: E402
+)
+from features.detection import pad_regions  # noqa: E402
+from features.detectors import detect_regions  # noqa: E402
+from features.knn import knn_graphs  # noqa: E402
 from features.store import open_shard, shard_path, shard_slices, write_shard  # noqa: E402
+from pipeline.app import load_manifest  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.provenance import expected  # noqa: E402
-from pipeline.stages.common import load_manifest  # noqa: E402
+from train.config import (
+    LossConfig,  # noqa: E402
+    ModelConfig,  # noqa: E402
+)
 from train.data import CachedFeatures, CaptionPairs, StoreSpec, collate  # noqa: E402
-from train.losses import LossConfig, total_loss  # noqa: E402
-from train.model import Captioner, FeatureDims, ModelConfig  # noqa: E402
+from train.losses import total_loss  # noqa: E402
+from train.model import Captioner, FeatureDims  # noqa: E402
 
 
 def paper_model() -> Captioner:

@@ -19,15 +19,6 @@ from eval.error_analysis import html_tables
 from train.model import Captioner
 
 
-@dataclass(frozen=True)
-class ReportConfig:
-    """Every key is documented in params.yaml (section ``report``)."""
-
-    n_images: int = 12  # test images shown (the first of the split, in manifest order)
-    image_px: int = 384  # each drawing's side
-    top_keywords: int = 5
-
-
 @dataclass
 class Explanation:
     """What the model computed for one image, in plain numbers."""

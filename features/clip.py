@@ -22,32 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from features.config import ClipConfig
 from features.images import ImageError, image_batches, load_rgb, original_size
-from features.weights import weights_identity
 
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when a change here changes the embeddings produced (recorded in provenance)
 TAIL_BLOCKS = 2  # the paper fine-tunes the last two vision blocks; the cache holds the tokens entering them
-
-
-@dataclass(frozen=True)
-class ClipConfig:
-    """Every key is documented in params.yaml (section ``clip``)."""
-
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"
-    config_file: str = ""
-    tokenizer: str = ""
-    cache_tokens: bool = False  # also store the ViT tokens entering the last two blocks (to fine-tune them)
-    batch_size: int = 64
-
-    def identity(self) -> dict:
-        """What the produced embeddings depend on (stored as provenance, checked by readers)."""
-        config = Path(self.config_file).read_text() if self.config_file else ""
-        return {"clip.model": self.model, "clip.weights": weights_identity(self.pretrained),
-                "clip.config": config, "clip.tokenizer": weights_identity(self.tokenizer) if self.tokenizer else "",
-                "clip.code_version": VERSION}
 
 
 @dataclass

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from features.detection import DetectorConfig, Regions, load_class_names, select_regions
+from features.config import DetectorConfig
+from features.detection import Regions, load_class_names, select_regions
 from features.weights import load_state_dict
 
 

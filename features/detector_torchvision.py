@@ -25,9 +25,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from features.detection import DetectorConfig, Regions, load_class_names, select_regions
+from features.config import DetectorConfig
+from features.detection import Regions, load_class_names, select_regions
 from features.weights import load_state_dict
-
 
 
 def _anchors(cfg: DetectorConfig) -> AnchorGenerator:

@@ -11,14 +11,12 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
+from features.errors import ImageError
+
 log = logging.getLogger(__name__)
 
 # Beyond this PIL raises DecompressionBombError instead of decoding (a 24 MP photo is fine).
 Image.MAX_IMAGE_PIXELS = 100_000_000
-
-
-class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file and the reason."""
 
 
 def load_rgb(path: Path, max_side: int = 0) -> Image.Image:

@@ -16,30 +16,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
 import numpy as np
+
+from features.config import KeywordConfig
 
 STOP_WORDS = frozenset("""
 a an the and or of to in on at by with for from is are was were be been being it its this that these
 there their they them he she his her we you i as into onto over under near next up down out off
 itself by alone one two three four five <num> some while other another very
 """.split())
-
-
-@dataclass(frozen=True)
-class KeywordConfig:
-    """Every key is documented in params.yaml (section ``keywords``)."""
-
-    scene_bank: str = "mined"  # "mined", or a text file with one keyword per line
-    scene_bank_size: int = 64
-    min_count: int = 5
-    prompt: str = "{}"  # how a keyword is phrased for CLIP's text encoder, e.g. "a photo of {}"
-    object_bank: str = "classes"  # "classes" (the detector's), or a text file with one keyword per line
-    local_source: Literal["labels", "retrieval"] = "labels"  # labels | retrieval (FAISS over the object bank by region-crop CLIP embedding)
-    retrieval_k: int = 1  # keywords retrieved per region
 
 
 def object_bank_words(cfg: KeywordConfig, class_names: list[str]) -> list[str]:

@@ -15,27 +15,12 @@ on a GPU when the installed FAISS has one).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class KnnConfig:
-    """Every key is documented in params.yaml (section ``knn``)."""
-
-    k: int = 5
-    metric: Literal["cosine", "center", "both"] = "cosine"  # cosine | center | both
-    sigma: float = 1.0
-    backend: Literal["torch", "faiss"] = "torch"  # torch | faiss
-    batch_images: int = 4096
-
-    def identity(self) -> dict:
-        """What the graphs depend on; the backend is left out: both give the same neighbours."""
-        return {"knn": {"k": self.k, "metric": self.metric, "sigma": self.sigma}, "knn.code_version": VERSION}
-
+from features.config import KnnConfig
 
 VERSION = 1  # bump when a change here changes the graphs produced (recorded in provenance)
 METRICS = ("cosine", "center", "both")

@@ -53,15 +53,13 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from features.errors import StoreError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords", "region_clip")
 _STRING = h5py.string_dtype("utf-8")
-
-
-class StoreError(RuntimeError):
-    """A shard is missing, incomplete, or made under a different configuration."""
 
 
 def shard_path(store: Path, kind: str, index: int) -> Path:

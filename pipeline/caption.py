@@ -25,15 +25,18 @@ import torch
 import transformers
 
 from features.store import StoreError, check_provenance
+from pipeline.app import start
 from pipeline.extract import IMAGE_FEATURES
+from pipeline.model_inputs import text_encoder
 from pipeline.params import Params
+from pipeline.paths import CAPTIONER, keyword_banks
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
-from pipeline.stages.common import for_each_shard, start, text_encoder
-from world.generate import DATASET_NAME as DEMO_WORLD
+from pipeline.shards import for_each_shard
 from train.data import CachedFeatures, Images, StoreSpec
 from train.decode import caption_images
 from train.model import load_captioner
+from world.generate import DATASET_NAME as DEMO_WORLD
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,9 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
                for i, path in enumerate(paths)]
     manifest = {"image_root": "/", "images": entries}
     with tempfile.TemporaryDirectory(prefix="graphcap-caption-") as tmp:
-        banks = Path(params.store.dir) / "keywords.h5"
+        banks = keyword_banks(params.store.dir)
         if banks.exists():  # retrieval of local keywords reads the object bank from the store
-            (Path(tmp) / "keywords.h5").symlink_to(banks.resolve())
+            keyword_banks(tmp).symlink_to(banks.resolve())
         scratch = dataclasses.replace(params, store=dataclasses.replace(params.store, dir=tmp))
         for kind, factory in IMAGE_FEATURES.items():
             for_each_shard(scratch, manifest, kind, records[kind], factory(scratch, manifest, device))
@@ -109,7 +112,7 @@ def quiet() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
-    parser.add_argument("--model", type=Path, default=Path("models/captioner"), help="a trained model folder")
+    parser.add_argument("--model", type=Path, default=CAPTIONER, help="a trained model folder")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the parameters naming the extractors' weights (and decoding)")
     parser.add_argument("--decode", choices=("greedy", "beam", "hybrid"), help="override evaluate.decode.method")

@@ -1,12 +1,11 @@
 """The per-image feature computations, one factory per stored kind: the feature stages and the
 `caption` command both run these, so new images get exactly the features the model was trained on.
 
-Each factory loads its frozen model once and returns a :data:`~pipeline.stages.common.Compute`
-for :func:`~pipeline.stages.common.for_each_shard`.
+Each factory loads its frozen model once and returns a :data:`~pipeline.shards.Compute`
+for :func:`~pipeline.shards.for_each_shard`.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -14,15 +13,17 @@ import torch
 from torchvision.transforms.functional import to_tensor
 
 from features.clip import encode_images, encode_region_crops, load_clip
+from features.detection import pad_regions
+from features.detectors import detect_regions, load_detector, region_dim
 from features.images import image_batches
 from features.keywords import label_keywords, retrieve_keywords
 from features.knn import knn_graphs
-from features.detection import detect_regions, load_detector, pad_regions, region_dim
 from features.store import read_bank
 from pipeline.datasets import image_paths
 from pipeline.params import Params
+from pipeline.paths import keyword_banks
 from pipeline.provenance import expected, keyword_bank
-from pipeline.stages.common import Compute, read_upstream
+from pipeline.shards import Compute, read_upstream
 
 Manifest = dict[str, Any]
 
@@ -80,7 +81,7 @@ def region_keywords(params: Params, manifest: Manifest, device: torch.device) ->
         raise ValueError(f"keywords.local_source: unknown {cfg.local_source!r} (labels | retrieval)")
     if cfg.local_source == "retrieval":
         clip = load_clip(params.clip, device)
-        _, bank = read_bank(Path(params.store.dir) / "keywords.h5", "object", keyword_bank(params))
+        _, bank = read_bank(keyword_banks(params.store.dir), "object", keyword_bank(params))
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         upstream, errors = read_upstream(params, "regions", shard, record, entries, ("boxes", "counts", "labels", "scores"))

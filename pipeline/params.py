@@ -17,16 +17,11 @@ from typing import Any, Literal
 import yaml
 
 from eval.ablation import AblationConfig
-from eval.report import ReportConfig
-from features.clip import ClipConfig
-from features.keywords import KeywordConfig
-from features.knn import KnnConfig
-from features.detection import DetectorConfig
+from eval.config import ReportConfig
+from features.config import ClipConfig, DetectorConfig, KeywordConfig, KnnConfig
 from pipeline.datasets import TextConfig
-from world.generate import WorldConfig
-from train.decode import DecodeConfig
-from train.model import ModelConfig
-from train.trainer import TrainConfig
+from train.config import DecodeConfig, ModelConfig, TrainConfig
+from world.config import WorldConfig
 
 
 class ParamsError(ValueError):

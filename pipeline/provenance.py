@@ -5,21 +5,22 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from features import clip, detection, knn
 from features.store import KINDS
 from pipeline.params import Params
 
 
 def expected(p: Params) -> dict[str, dict[str, Any]]:
     """kind → provenance record. A downstream kind includes its upstream's record."""
-    regions = p.regions.identity()
+    regions = {**p.regions.identity(), "regions.code_version": detection.VERSION}
     records = {
-        "clip_image": {**p.clip.identity(), "clip.cache_tokens": p.clip.cache_tokens},
+        "clip_image": {**clip_identity(p), "clip.cache_tokens": p.clip.cache_tokens},
         "regions": regions,
-        "knn": {**regions, **p.knn.identity()},
-        "clip_text": {**p.clip.identity(), "prepare": asdict(p.prepare)},
+        "knn": {**regions, **p.knn.identity(), "knn.code_version": knn.VERSION},
+        "clip_text": {**clip_identity(p), "prepare": asdict(p.prepare)},
         "region_keywords": {**regions, **keyword_bank(p),
                             "keywords.local": {"source": p.keywords.local_source, "k": p.keywords.retrieval_k}},
-        "region_clip": {**regions, **p.clip.identity()},
+        "region_clip": {**regions, **clip_identity(p)},
     }
     assert set(records) == set(KINDS)
     return records
@@ -31,4 +32,9 @@ BANK_KEYS = ("scene_bank", "scene_bank_size", "min_count", "prompt", "object_ban
 def keyword_bank(p: Params) -> dict[str, Any]:
     """What the keyword banks depend on (the keys the clip_text stage lists in dvc.yaml)."""
     keywords = {k: v for k, v in asdict(p.keywords).items() if k in BANK_KEYS}
-    return {**p.clip.identity(), "keywords": keywords, "regions.classes": p.regions.classes}
+    return {**clip_identity(p), "keywords": keywords, "regions.classes": p.regions.classes}
+
+
+def clip_identity(p: Params) -> dict[str, Any]:
+    """What CLIP's embeddings depend on: the configuration's identity and this code's version."""
+    return {**p.clip.identity(), "clip.code_version": clip.VERSION}

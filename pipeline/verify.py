@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from features.store import KINDS, StoreError, check_shard, open_shard, read_bank, shard_path, shard_slices
+from pipeline.app import load_manifest, start
 from pipeline.params import Params
+from pipeline.paths import keyword_banks
 from pipeline.provenance import expected, keyword_bank
-from pipeline.stages.common import load_manifest, shard_inputs, start
+from pipeline.shards import shard_inputs
 
 
 def verify_store(params: Params, manifest: dict[str, Any]) -> tuple[list[str], int]:
@@ -45,7 +47,7 @@ def verify_store(params: Params, manifest: dict[str, Any]) -> tuple[list[str], i
                      for path in sorted((store / kind).glob("*.tmp"))]
     for bank in ("scene", "object"):
         try:
-            read_bank(store / "keywords.h5", bank, keyword_bank(params))
+            read_bank(keyword_banks(store), bank, keyword_bank(params))
         except (StoreError, OSError) as err:
             problems.append(str(err))
     return problems, checked

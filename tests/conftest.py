@@ -47,7 +47,7 @@ def tiny_clip(tmp_path_factory):
     import open_clip
     from safetensors.torch import save_file
 
-    from features.clip import ClipConfig
+    from features.config import ClipConfig
     from pipeline.demo_encoders.clip import clip_config
     from pipeline.demo_encoders.language import train_tokenizer
 

@@ -12,8 +12,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.helpers import synthetic_items, tiny_captioner  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
 from train.distributed import process_group  # noqa: E402
-from train.trainer import TrainConfig, train  # noqa: E402
+from train.trainer import train  # noqa: E402
 
 
 def main() -> None:

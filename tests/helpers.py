@@ -3,8 +3,9 @@ tiny GPT-2 of the ``tiny_language`` fixture (tests/conftest.py)."""
 import numpy as np
 import torch
 
-from train.losses import LossConfig, total_loss
-from train.model import Captioner, FeatureDims, ModelConfig, load_gpt2
+from train.config import LossConfig, ModelConfig
+from train.losses import total_loss
+from train.model import Captioner, FeatureDims, load_gpt2
 
 D_CLIP, D_REGION, SCENES, OBJECTS = 16, 24, 6, 5
 

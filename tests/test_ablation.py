@@ -7,6 +7,7 @@ import pytest
 
 from eval.ablation import PHRASE_GROUNDINGS, VARIANTS, check_variants, markdown, summarize, to_csv, variant
 from pipeline.params import load_params
+from pipeline.paths import ABLATION_DATA
 from pipeline.stages.ablation import variant_params
 from tests.conftest import ROOT, tiny_project
 
@@ -78,8 +79,17 @@ def test_cells_of_related_captioners_and_other_graphs_run_through_the_stage(tmp_
     """keyword_only (re-ranked by the pipeline's CLIP), semi_supervised (its SCST reward from the same
     text tower) and a cell with other KNN graphs than the store's (computed into its own store
     folder, the shared graphs untouched), each trained and evaluated by the real ablation stage."""
-    from pipeline.stages import (ablation, clip_image, clip_text, knn, prepare, region_clip, region_keywords, regions,
-                                 world)
+    from pipeline.stages import (
+        ablation,
+        clip_image,
+        clip_text,
+        knn,
+        prepare,
+        region_clip,
+        region_keywords,
+        regions,
+        world,
+    )
 
     project = tiny_project(tmp_path, (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip),
                            n_train=8, train={"batch_size": 4, "val_images": 2},
@@ -100,7 +110,7 @@ def test_cells_of_related_captioners_and_other_graphs_run_through_the_stage(tmp_
 def test_figures_with_nothing_to_measure_are_written_as_json_null(tmp_path):
     import json
 
-    from pipeline.stages.common import write_json
+    from pipeline.app import write_json
 
     write_json(tmp_path / "m.json", {"world/relation_accuracy": float("nan"), "per": [{"x": float("nan")}, 1.5]})
     text = (tmp_path / "m.json").read_text()
@@ -127,4 +137,4 @@ def test_variants_needing_what_the_data_set_lacks_are_refused_before_training(tm
     monkeypatch.chdir(project)
     with pytest.raises(SystemExit, match="ablation_check: .*'local_detail_grounded_bins' needs phrase groundings"):
         ablation_check.main()
-    assert not (project / ablation_check.OUT).exists()  # no cell can start
+    assert not (project / ABLATION_DATA).exists()  # no cell can start

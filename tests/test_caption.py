@@ -13,8 +13,18 @@ from PIL import Image
 from features.store import StoreError
 from pipeline import caption
 from pipeline.params import load_params
-from pipeline.stages import (clip_image, clip_text, evaluate, knn, prepare, region_clip, region_keywords, regions, train,
-                             world)
+from pipeline.stages import (
+    clip_image,
+    clip_text,
+    evaluate,
+    knn,
+    prepare,
+    region_clip,
+    region_keywords,
+    regions,
+    train,
+    world,
+)
 from tests.conftest import REAL_SAMPLE, tiny_project
 
 

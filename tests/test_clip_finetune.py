@@ -11,10 +11,11 @@ from open_clip.transformer import QuickGELU
 from features.clip import ClipTail, build_tail, encode_images, load_clip, tail_spec
 from pipeline.params import ParamsError, load_params
 from tests.conftest import ROOT
+from tests.helpers import OBJECTS, SCENES, changed_by_one_step, synthetic_items
 from tests.test_features import _images
-from tests.helpers import OBJECTS, SCENES, synthetic_items, changed_by_one_step
+from train.config import ModelConfig
 from train.data import collate
-from train.model import Captioner, FeatureDims, ModelConfig, load_captioner, load_gpt2
+from train.model import Captioner, FeatureDims, load_captioner, load_gpt2
 from train.trainer import set_phase
 
 

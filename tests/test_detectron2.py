@@ -10,9 +10,11 @@ from torchvision.transforms.functional import to_tensor
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (no PyPI wheel; build it from its source)")
 
-from features.detection import DetectorConfig, detect_regions, load_detector, pad_regions  # noqa: E402
-from features.detector_torchvision import build_detector  # noqa: E402
+from features.config import DetectorConfig  # noqa: E402
+from features.detection import pad_regions  # noqa: E402
 from features.detector_detectron2 import build_detectron2  # noqa: E402
+from features.detector_torchvision import build_detector  # noqa: E402
+from features.detectors import detect_regions, load_detector  # noqa: E402
 
 CLASSES = ["__background__", "circle", "square", "triangle"]
 

@@ -10,7 +10,8 @@ from PIL import Image
 from eval.error_analysis import analyse, detector_status, html_tables
 from eval.metrics import cider, human_cider
 from eval.report import Explanation, ReportItem, write_report
-from world.generate import WorldConfig, _place_objects
+from world.config import WorldConfig
+from world.generate import _place_objects
 from world.grammar import SCENES, WorldObject, make_captions
 
 

@@ -9,9 +9,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from torchvision.transforms.functional import to_tensor
 
-from features.clip import ClipConfig, encode_from_tokens, encode_images, encode_texts, load_clip
-from features.detection import DetectorConfig, detect_regions, load_detector, pad_regions, select_regions
+from features.clip import encode_from_tokens, encode_images, encode_texts, load_clip
+from features.config import ClipConfig, DetectorConfig
+from features.detection import pad_regions, select_regions
 from features.detector_torchvision import build_detector
+from features.detectors import detect_regions, load_detector
 from features.images import ImageError, load_rgb
 from tests.conftest import REAL_SAMPLE
 

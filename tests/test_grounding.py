@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from world.grammar import ground_caption
 from tests.helpers import synthetic_items, tiny_captioner
+from train.config import DecodeConfig, LossConfig
 from train.data import CaptionPairs, collate, token_phrases
-from train.decode import DecodeConfig, coverage_penalty, decode, search, texts_of
-from train.losses import LossConfig, grounding_loss, total_loss
+from train.decode import coverage_penalty, decode, search, texts_of
+from train.losses import grounding_loss, total_loss
 from train.model import Prefix
 from train.region_graph import SpatialContext
+from world.grammar import ground_caption
 
 RED_LARGE, BLUE, RED_SMALL = [10, 10, 40, 40], [80, 20, 100, 40], [50, 90, 70, 110]
 OBJECTS = [{"shape": "circle", "color": "red", "size": "large", "box": RED_LARGE},

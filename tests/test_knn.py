@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from features.knn import KnnConfig, knn_graphs
+from features.config import KnnConfig
+from features.knn import knn_graphs
 
 
 def _random_regions(n=20, n_max=12, dim=16, seed=0):

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from train.data import collate, graph_edges
-from train.decode import DecodeConfig, decode
-from train.losses import LossConfig, total_loss
-from train.model import load_captioner
-
 from tests.helpers import D_CLIP, D_REGION, SCENES, changed_by_one_step, synthetic_items, tiny_captioner
+from train.config import DecodeConfig, LossConfig
+from train.data import collate, graph_edges
+from train.decode import decode
+from train.losses import total_loss
+from train.model import load_captioner
 
 
 def test_graph_edges_are_symmetric_and_unique():

@@ -7,10 +7,11 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from tests.conftest import ROOT
 from tests.helpers import random_boxes
+from train.config import DecodeConfig, LossConfig, ModelConfig
 from train.data import collate
-from train.decode import DecodeConfig, decode
-from train.losses import LossConfig, total_loss
-from train.model import Captioner, FeatureDims, ModelConfig
+from train.decode import decode
+from train.losses import total_loss
+from train.model import Captioner, FeatureDims
 
 
 def test_paper_size_step_and_decode():

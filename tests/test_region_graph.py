@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import synthetic_items, tiny_captioner, changed_by_one_step
+from tests.helpers import changed_by_one_step, synthetic_items, tiny_captioner
 from train.data import collate
-from train.region_graph import (SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots,
-                           reorder_slots)
+from train.region_graph import SpatialContext, box_geometry, box_sinusoids, edge_geometry, region_slots, reorder_slots
 
 
 def test_box_geometry_is_relative_to_the_image():
@@ -195,7 +194,8 @@ def test_store_boxes_reach_the_batch(tmp_path):
 
 def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language):
     from tests.helpers import D_CLIP, D_REGION, OBJECTS, SCENES
-    from train.model import Captioner, FeatureDims, ModelConfig, load_gpt2
+    from train.config import ModelConfig
+    from train.model import Captioner, FeatureDims, load_gpt2
 
     rng = np.random.default_rng(0)
     items = synthetic_items(n=3)
@@ -220,7 +220,8 @@ def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language
 
 
 def test_prefix_and_caption_must_fit_gpt2_s_positions(tiny_language):
-    from train.trainer import TrainConfig, check_mode
+    from train.config import TrainConfig
+    from train.trainer import check_mode
 
     model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=30)  # the tiny GPT-2 has 64 positions
     check_mode(model, TrainConfig(max_tokens=31))

@@ -5,12 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import D_CLIP, D_REGION, OBJECTS, SCENES, synthetic_items, tiny_captioner, changed_by_one_step
+from tests.helpers import D_CLIP, D_REGION, OBJECTS, SCENES, changed_by_one_step, synthetic_items, tiny_captioner
+from train.config import DecodeConfig, ModelConfig, TrainConfig
 from train.data import collate, labelled_split
-from train.decode import DecodeConfig, decode, search, texts_of
-from train.model import Captioner, FeatureDims, ModelConfig, load_captioner, load_gpt2
+from train.decode import decode, search, texts_of
+from train.model import Captioner, FeatureDims, load_captioner, load_gpt2
 from train.scst import SelfCritical, caption_mask, sample
-from train.trainer import TrainConfig, Unlabelled, check_mode, train
+from train.trainer import Unlabelled, check_mode, train
 
 KEYWORDS = 7
 _NO_IMAGE_BRANCH = dict(regions=False, gat=False, global_guidance=False, local_guidance=False)

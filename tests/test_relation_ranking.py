@@ -4,8 +4,9 @@ import torch
 
 from eval.relation_ranking import caption_log_likelihoods, relation_questions, relation_ranking
 from tests.helpers import synthetic_items, tiny_captioner
+from train.config import LossConfig
 from train.data import collate
-from train.losses import LossConfig, generation_loss, total_loss
+from train.losses import generation_loss, total_loss
 
 
 def _obj(shape: str, color: str, size: str, x: int, y: int) -> dict:

@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from features.store import (FeatureReader, StoreError, open_shard, read_bank, shard_path, shard_slices, write_bank,
-                            write_shard)
+from features.store import (
+    FeatureReader,
+    StoreError,
+    open_shard,
+    read_bank,
+    shard_path,
+    shard_slices,
+    write_bank,
+    write_shard,
+)
 
 
 def test_shard_slices_are_fixed_slices():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.helpers import synthetic_items, tiny_captioner
+from train.config import LossConfig, TrainConfig
 from train.data import collate
-from train.losses import LossConfig
-from train.trainer import TrainConfig, train
+from train.trainer import train
 
 
 class Killed(RuntimeError):

@@ -1,7 +1,8 @@
 import json
 import random
 
-from world.generate import WorldConfig, generate_world
+from world.config import WorldConfig
+from world.generate import generate_world
 from world.grammar import SCENES, WorldObject, make_captions, relation
 
 

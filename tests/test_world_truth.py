@@ -2,7 +2,8 @@
 import random
 
 from eval.world_truth import world_scores
-from world.generate import WorldConfig, _place_objects
+from world.config import WorldConfig
+from world.generate import _place_objects
 from world.grammar import COLORS, SCENES, Mention, make_captions, read_caption
 
 

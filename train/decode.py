@@ -3,31 +3,16 @@ the first n tokens, then beam search), batched, in one pass over GPT-2's key/val
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from train.config import DecodeConfig
 from train.data import collate
 from train.model import Captioner
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """Every key is documented in params.yaml (section ``evaluate``)."""
-
-    method: Literal["greedy", "beam", "hybrid"] = "hybrid"  # greedy | beam | hybrid
-    beam_size: int = 5
-    greedy_tokens: int = 3  # hybrid: tokens chosen greedily before the beam takes over
-    max_tokens: int = 30
-    length_penalty: float = 1.0
-    rerank: Literal["none", "clip", "coverage"] = "none"  # none | clip | coverage: how the final beam is chosen (see :func:`decode`)
-    coverage_weight: float = 1.0  # rerank coverage: β of the coverage penalty
-    coverage_heads: int = 2  # rerank coverage: heads of GPT-2's last layer that read it (train.loss.grounding_heads)
-
 
 METHODS = ("greedy", "beam", "hybrid")
 RERANKERS = ("none", "clip", "coverage")

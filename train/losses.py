@@ -1,27 +1,11 @@
 """The training objective (docs/method.md §7, eqs. 16-19): L_gen + α1 L_align + α2 L_gate."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
+from train.config import LossConfig
 from train.model import Captioner, Prefix
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Every key is documented in params.yaml (section ``train``)."""
-
-    alpha_align: float = 0.7  # α1
-    alpha_gate: float = 0.3  # α2
-    gate_lambda: float = 1.0  # λ inside L_gate = λ‖·‖₁
-    align: Literal["cosine", "infonce"] = "cosine"  # cosine | infonce
-    infonce_temperature: float = 0.07
-    gate_on: Literal["activations", "weights"] = "activations"  # activations | weights (of W_g)
-    grounding_weight: float = 0.0  # weight of the grounding loss (0 = off; needs region tokens and phrase groundings)
-    grounding_heads: int = 1  # heads of GPT-2's last layer whose attention the grounding loss supervises
 
 
 def generation_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,64 +9,28 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch_geometric.utils import scatter
 from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from features.clip import ClipTail, build_tail
+from train.config import ModelConfig
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
-from train.region_graph import (EDGE_GEOMETRY, SPATIAL_MODES, BoxEmbedding, RegionTokens, SpatialContext, edge_geometry,
-                           reorder_slots)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Every key is documented in params.yaml (section ``model``)."""
-
-    gpt2: str = "gpt2"
-    condition: Literal["image", "keywords"] = "image"  # image | keywords (GPT-2 sees only the top-k keywords by image-text similarity)
-    keyword_top_k: int = 5  # condition keywords: keywords per image, in order of similarity
-    regions: bool = True  # False: no region branch at all — ClipCap's CLIP-prefix captioner (f_fused = CLIP)
-    normalize_clip: bool = False  # unit-normalise the CLIP embedding (text-only training needs it)
-    gat: bool = True
-    gat_hidden: int = 128
-    gat_heads: int = 4
-    gat_layers: int = 2
-    gat_dropout: float = 0.1
-    gat_edge_weights: bool = True
-    global_guidance: bool = True
-    local_guidance: bool = True
-    local_pooling: Literal["score", "uniform"] = "score"  # score | uniform: how region keywords are weighted into f_local_text
-    region_features: Literal["detector", "clip", "both"] = "detector"  # detector (the paper) | clip (each crop's CLIP embedding) | both (side by side)
-    prefix_regions: Literal["mean", "tokens"] = "mean"  # mean (the paper: pooled into f_fused only) | tokens (+ one prefix token per region)
-    region_tokens: int = 10  # tokens: regions given their own token (the rest are left out)
-    region_order: Literal["score", "position"] = "score"  # tokens: score (the detector's order) | position (left to right, then top down)
-    region_token_skip: bool = False  # tokens: each token also reads its region's own feature beside the GAT's output
-    spatial_directions: int = 0  # tokens: each token adds the image's other region tokens, summed per direction (N)
-    spatial_context: Literal["gates", "bins"] = "gates"  # gates (N learned gates of the relative box) | bins (N fixed angle sectors)
-    spatial_tokens: bool = False  # the spatial context gets a second token per region instead of joining its own
-    spatial_token_order: Literal["same", "top_down"] = "same"  # spatial_tokens: same (as region_order) | top_down (context tokens top to
-    #                                    bottom, each with its region's own token added)
-    box_embedding: bool = False  # add an embedding of each region's normalised box to its feature
-    edge_geometry: bool = False  # relative box geometry as GAT edge attributes (beside the edge weight)
-
-    @property
-    def reads_region_clip(self) -> bool:
-        """Whether the model needs the store's region_clip kind."""
-        return self.regions and self.region_features != "detector"
-    prefix_length: int = 10
-    mapping: Literal["mlp", "transformer"] = "mlp"  # mlp | transformer (ClipCap's two mappers)
-    mapping_hidden: int = 0  # mlp: hidden width, 0 = ClipCap's (prefix_length * h) // 2
-    mapping_layers: int = 8  # transformer: encoder layers
-    mapping_clip_length: int = 10  # transformer: tokens the input is projected to
-    finetune_clip: bool = False  # phase 2 also trains CLIP's last two vision blocks, from cached tokens
+from train.region_graph import (
+    EDGE_GEOMETRY,
+    SPATIAL_MODES,
+    BoxEmbedding,
+    RegionTokens,
+    SpatialContext,
+    edge_geometry,
+    reorder_slots,
+)
 
 
 @dataclass(frozen=True)

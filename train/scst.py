@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.decode import DecodeConfig, TextEncoder, search, texts_of
+from train.config import DecodeConfig
+from train.decode import TextEncoder, search, texts_of
 from train.model import Captioner
 
 

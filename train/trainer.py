@@ -6,53 +6,29 @@ import contextlib
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dvclive import Live
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from dvclive import Live
+from train.config import TrainConfig
 from train.data import collate
 from train.decode import TextEncoder
 from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
-from train.losses import LossConfig, total_loss
+from train.losses import total_loss
 from train.model import Captioner
 from train.scst import SelfCritical
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every key is documented in params.yaml (section ``train``)."""
-
-    phase1_epochs: int = 5  # GPT-2 frozen: GAT, gating, fusion and mapping train
-    phase2_epochs: int = 25  # everything trains jointly
-    lr: float = 1e-4
-    lr_decay: float = 0.9  # lr × lr_decay after every epoch
-    weight_decay: float = 0.01
-    batch_size: int = 64
-    grad_clip: float = 1.0
-    max_tokens: int = 40
-    num_workers: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling, CUDA only)
-    compile: bool = False  # torch.compile GPT-2 (the bulk of a step)
-    seed: int = 0
-    mode: Literal["supervised", "text_only"] = "supervised"  # supervised | text_only (CapDec: caption text embeddings + noise stand in for images)
-    text_noise: float = 0.016  # text_only: variance of the Gaussian noise added to the normalised text embedding
-    labelled_fraction: float = 1.0  # share of the training images whose captions are used (semi-supervised: e.g. 0.02)
-    scst_epochs: int = 0  # stage 2 (after phases 1-2): SCST with a CLIP reward on the images left unlabelled
-    scst_lr: float = 1e-5  # learning rate at the start of stage 2 (× lr_decay per epoch as before)
-    val_images: int = 200  # validation images decoded (greedy) after each epoch; 0 = all
-    loss: LossConfig = field(default_factory=LossConfig)
 
 
 def seed_everything(seed: int) -> None:

@@ -19,30 +19,18 @@ import math
 import multiprocessing
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from world.config import WorldConfig
 from world.grammar import COLORS, SCENES, SHAPES, SIZES, WorldObject, make_captions
 
 log = logging.getLogger(__name__)
 
 DATASET_NAME = "demo_world"  # the "dataset" of its Karpathy JSON; a model trained on it records it
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    """Size and seed of a generated world. Split sizes are image counts."""
-
-    n_train: int = 1600
-    n_val: int = 200
-    n_test: int = 200
-    image_size: int = 128
-    max_objects: int = 4
-    seed: int = 0
 
 
 def _draw_background(draw: ImageDraw.ImageDraw, scene: str, size: int, rng: random.Random) -> None:

@@ -21,7 +21,8 @@ from features.images import load_rgb
 from pipeline.datasets import TextConfig, build_manifest, image_paths
 from pipeline.demo_encoders import clip, detector, language
 from pipeline.params import load_params
-from world.generate import WorldConfig, generate_world
+from world.config import WorldConfig
+from world.generate import generate_world
 from world.grammar import SHAPES
 
 log = logging.getLogger("demo_encoders")

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torchvision.models.detection import FasterRCNN
 from torchvision.ops import box_iou
 
-from features.detection import DetectorConfig
+from features.config import DetectorConfig
 from features.detector_torchvision import build_detector
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,13 @@ import torch
 
 from eval.ablation import variant
 from pipeline import extract
+from pipeline.app import load_manifest, run_main, start, write_json
+from pipeline.evaluation import evaluate_captioner
 from pipeline.params import Params
+from pipeline.paths import ABLATION_CELLS, ABLATION_WORK
 from pipeline.provenance import expected
-from pipeline.stages.common import for_each_shard, load_manifest, run_main, start, write_json
-from pipeline.stages.evaluate import evaluate_captioner
-from pipeline.stages.train import train_captioner
-
-RESULTS = Path("results/ablations")
-WORK = Path("models/ablations")  # model and checkpoint while a cell runs (a killed run resumes); removed after
+from pipeline.shards import for_each_shard
+from pipeline.training import train_captioner
 
 
 def variant_params(params: Params, name: str, seed: int) -> Params:
@@ -61,11 +60,11 @@ def main() -> None:
     args = parser.parse_args()
     params, manifest = start(), load_manifest()
     name = f"{args.variant}-{args.seed}"
-    work = WORK / name
+    work = ABLATION_WORK / name  # a killed cell resumes from its checkpoint here
     params = with_own_graphs(params, variant_params(params, args.variant, args.seed), manifest, work)
     train_captioner(params, manifest, work / "model", work / "live", work / "checkpoint.pt")
     metrics, _ = evaluate_captioner(params, manifest, work / "model")
-    write_json(RESULTS / f"{name}.json", {**metrics, "variant": args.variant, "seed": args.seed})
+    write_json(ABLATION_CELLS / f"{name}.json", {**metrics, "variant": args.variant, "seed": args.seed})
     shutil.rmtree(work)
 
 

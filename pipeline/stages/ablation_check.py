@@ -2,13 +2,11 @@
 ablation.variants is checked against the data set, and one that needs what it lacks (a grounded
 row: phrase groundings) is refused at once, naming it. Writes what the data set offers to
 results/ablation_data.json, which every cell depends on, so the check always runs first."""
-from pathlib import Path
 
 from eval.ablation import PHRASE_GROUNDINGS, check_variants
-from pipeline.stages.common import load_manifest, run_main, start, write_json
-from pipeline.stages.train import has_groundings
-
-OUT = Path("results/ablation_data.json")
+from pipeline.app import load_manifest, run_main, start, write_json
+from pipeline.paths import ABLATION_DATA
+from pipeline.training import has_groundings
 
 
 def data_offers(manifest: dict) -> set[str]:
@@ -24,7 +22,7 @@ def main() -> None:
         check_variants(params.ablation.variants, offered, manifest["dataset"])
     except ValueError as err:
         raise SystemExit(f"ablation_check: {err}") from None
-    write_json(OUT, {"dataset": manifest["dataset"], "offers": sorted(offered)})
+    write_json(ABLATION_DATA, {"dataset": manifest["dataset"], "offers": sorted(offered)})
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
 """Stage `clip_text`: CLIP text embeddings of every caption (sharded like the images) and of the
 scene and object keyword banks (keywords.h5)."""
-from pathlib import Path
 
 import numpy as np
 
 from features.clip import encode_texts, load_clip
-from features.keywords import object_bank_words, scene_keywords
 from features.detection import load_class_names
+from features.keywords import object_bank_words, scene_keywords
 from features.store import write_bank
+from pipeline.app import load_manifest, run_main, start
+from pipeline.paths import keyword_banks
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of
-from pipeline.stages.common import Rank, for_each_shard, load_manifest, run_main, start
+from pipeline.shards import Rank, for_each_shard
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     train_captions = [c for e in manifest["images"] if e["split"] == "train" for c in e["captions"]]
     banks = {"scene": scene_keywords(params.keywords, train_captions, classes),
              "object": object_bank_words(params.keywords, classes)}
-    bank_file = Path(params.store.dir) / "keywords.h5"
+    bank_file = keyword_banks(params.store.dir)
     for name, words in banks.items():
         prompts = [params.keywords.prompt.format(w) for w in words]
         write_bank(bank_file, name, words, encode_texts(clip, prompts, batch), keyword_bank(params))

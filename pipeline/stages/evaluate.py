@@ -3,96 +3,20 @@ the references' own leave-one-out CIDEr, CLIPScore / RefCLIPScore and (on the de
 ground-truth judge and the relation ranking into results/metrics.json, captions and per-image scores into
 results/captions.json, and (on the demo world) the error analysis — confusions and detector vs
 captioner blame — into results/error_analysis.json."""
-import logging
-import random
-from pathlib import Path
-
-import numpy as np
-
-from eval.clipscore import clip_scores
-from eval.error_analysis import Detections, analyse
-from eval.metrics import cider, coco_scores, human_cider, spice_unavailable_reason
-from eval.relation_ranking import relation_ranking
-from eval.world_truth import world_scores
-from features.detection import load_class_names
-from features.store import check_provenance
-from pipeline.params import Params
-from pipeline.provenance import expected
-from pipeline.runtime import device_of
-from pipeline.stages.common import (load_manifest, open_features, run_main, split_indices, start, text_encoder,
-                                    write_json)
-from pipeline.stages.train import OUT
-from train.data import CachedFeatures, Images
-from train.decode import caption_images
-from train.model import load_captioner
-
-ERROR_ANALYSIS = Path("results/error_analysis.json")
-log = logging.getLogger(__name__)
+from eval.metrics import human_cider, spice_unavailable_reason
+from pipeline.app import load_manifest, run_main, start, write_json
+from pipeline.evaluation import evaluate_captioner
+from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, METRICS
 
 
 def main() -> None:
     params = start()
-    metrics, records = evaluate_captioner(params, load_manifest(), OUT, ERROR_ANALYSIS)
+    metrics, records = evaluate_captioner(params, load_manifest(), CAPTIONER, ERROR_ANALYSIS)
     # a property of the data set, not of the model: here, not in every ablation cell
     metrics["CIDEr_human"] = human_cider({r["id"]: r["references"] for r in records})
-    write_json(Path("results/metrics.json"), metrics)
-    write_json(Path("results/captions.json"), records)
+    write_json(METRICS, metrics)
+    write_json(CAPTIONS, records)
     print_table(metrics)
-
-
-def evaluate_captioner(params: Params, manifest: dict, folder: Path,
-                       analysis_out: Path | None = None) -> tuple[dict, list[dict]]:
-    """Decode ``evaluate.split`` with the model in ``folder`` and score it. Returns the metrics
-    and, per image, the caption, references and per-image scores. With ``analysis_out``, also
-    writes the error analysis there (a stub saying why where there is no ground truth, so the
-    stage's output always exists)."""
-    model, config = load_captioner(folder)
-    for kind, record in expected(params).items():  # the model must have been trained on these features
-        check_provenance(folder / "config.json", config["features"][kind], record)
-    features = open_features(params, manifest, with_tokens=model.clip_tail is not None,
-                             with_region_clip=model.cfg.reads_region_clip)
-    images = manifest["images"]
-    indices = split_indices(manifest, params.evaluate.split, features)
-    device = device_of(params.store.device)
-    encode = text_encoder(params, device)
-    captions = caption_images(model, Images(features, indices), params.evaluate.decode, params.evaluate.batch_size,
-                              device, encode)
-    ids = [images[i]["id"] for i in indices]
-    references = {images[i]["id"]: images[i]["captions"] for i in indices}
-    candidates = dict(zip(ids, captions))
-    scores, per_image = coco_scores(references, candidates)
-    embeddings = np.stack(features.readers["clip_image"].rows(indices, "embeddings")).astype(np.float32)
-    clip_corpus, clip_per_image = clip_scores(embeddings, captions, [references[i] for i in ids], encode)
-    scores.update(clip_corpus)
-    per_image.update({name: dict(zip(ids, values.tolist())) for name, values in clip_per_image.items()})
-    truth = {images[i]["id"]: images[i].get("extra", {}) for i in indices}
-    world = all("objects" in t for t in truth.values())  # the demo world: judge captions against what is shown
-    if world:
-        scores.update(world_scores(candidates, truth)[0])
-        scores.update(relation_ranking(model, Images(features, indices), [truth[i] for i in ids],
-                                       params.evaluate.batch_size, params.train.max_tokens, device))
-    if analysis_out is not None:
-        analysis = (analyse(candidates, truth, dict(zip(ids, detections(params, features, indices)))) if world
-                    else {"unavailable": "no ground-truth objects in the manifest (the demo world has them)"})
-        write_json(analysis_out, analysis)  # its counters stay there: metrics.json is the one short table
-    shuffled = random.Random(0).sample(captions, len(captions))  # chance: captions of other images
-    metrics = {**scores, "CIDEr_shuffled_captions": cider(references, dict(zip(ids, shuffled))),
-               "n_images": len(ids), "split": params.evaluate.split, "decode": params.evaluate.decode.method}
-    reason = spice_unavailable_reason()
-    if reason:  # the reason is logged; the metrics table keeps a short cell
-        log.warning("SPICE unavailable: %s", reason)
-        metrics["SPICE"] = "unavailable"
-    return metrics, [{"id": i, "caption": candidates[i], "references": references[i],
-                      "scores": {name: values[i] for name, values in per_image.items()}} for i in ids]
-
-
-def detections(params: Params, features: CachedFeatures, indices: list[int]) -> list[Detections]:
-    """The regions the captioner was given, per image: boxes (n, 4) in pixels and class names."""
-    names = load_class_names(params.regions.classes)
-    regions = features.readers["regions"]
-    boxes, labels, counts = (regions.rows(indices, name) for name in ("boxes", "labels", "counts"))
-    return [(b[:int(n)], [names[k] for k in label_ids[:int(n)].tolist()])
-            for b, label_ids, n in zip(boxes, labels, counts)]
 
 
 def print_table(metrics: dict) -> None:

@@ -1,6 +1,6 @@
 """Stage `knn`: per-image K-nearest-neighbour graphs over the stored regions. Resumable, by rank."""
-from pipeline.stages.common import run_main
-from pipeline.stages.feature_stage import run_stage
+from pipeline.app import run_main
+from pipeline.feature_stage import run_stage
 
 
 def main() -> None:

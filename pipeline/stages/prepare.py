@@ -1,8 +1,8 @@
 """Stage `prepare`: data set (Karpathy JSON) → data/manifest.json with normalised captions."""
 from pathlib import Path
 
+from pipeline.app import MANIFEST, run_main, start, write_json
 from pipeline.datasets import build_manifest
-from pipeline.stages.common import MANIFEST, run_main, start, write_json
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Stage `region_clip`: CLIP image embeddings of every stored region's crop. Resumable, by rank."""
-from pipeline.stages.common import run_main
-from pipeline.stages.feature_stage import run_stage
+from pipeline.app import run_main
+from pipeline.feature_stage import run_stage
 
 
 def main() -> None:

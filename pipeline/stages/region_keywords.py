@@ -1,7 +1,7 @@
 """Stage `region_keywords`: each region's local keywords, from the detector's labels or by FAISS
 retrieval over the CLIP-encoded object bank with the region crop's CLIP embedding."""
-from pipeline.stages.common import run_main
-from pipeline.stages.feature_stage import run_stage
+from pipeline.app import run_main
+from pipeline.feature_stage import run_stage
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Stage `regions`: Faster R-CNN boxes, scores, labels and RoI features, one shard per slice.
 Resumable; ``--shard i/n`` (or torchrun's RANK/WORLD_SIZE) computes only this rank's shards."""
-from pipeline.stages.common import run_main
-from pipeline.stages.feature_stage import run_stage
+from pipeline.app import run_main
+from pipeline.feature_stage import run_stage
 
 
 def main() -> None:

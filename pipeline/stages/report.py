@@ -3,25 +3,22 @@ the evaluation split, with the evaluate stage's error analysis where it made one
 eval/report.py for what it shows."""
 import dataclasses
 import json
-from pathlib import Path
 
 from eval.report import ReportItem, explain, write_report
+from pipeline.app import load_manifest, run_main, start
 from pipeline.datasets import image_paths
+from pipeline.model_inputs import open_features, split_indices, text_encoder
+from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, REPORT
 from pipeline.runtime import device_of
-from pipeline.stages.common import load_manifest, open_features, run_main, split_indices, start, text_encoder
-from pipeline.stages.evaluate import ERROR_ANALYSIS
-from pipeline.stages.train import OUT
 from train.data import Images, collate
 from train.decode import METHODS, decode
 from train.model import load_captioner
-
-FOLDER = Path("results/report")
 
 
 def main() -> None:
     params = start()
     manifest = load_manifest()
-    model, config = load_captioner(OUT)
+    model, config = load_captioner(CAPTIONER)
     device = device_of(params.store.device)
     model.to(device)
     features = open_features(params, manifest, with_tokens=model.clip_tail is not None,
@@ -35,7 +32,7 @@ def main() -> None:
     captions = {m: decode(model, batch, dataclasses.replace(params.evaluate.decode, method=m,
                                                             rerank=rerank if m != "greedy" else "none"), encode)
                 for m in METHODS}
-    evaluated = {r["id"]: r for r in json.loads(Path("results/captions.json").read_text())}
+    evaluated = {r["id"]: r for r in json.loads(CAPTIONS.read_text())}
     boxes, counts = (features.readers["regions"].rows(indices, name) for name in ("boxes", "counts"))
     keywords = features.readers["region_keywords"].rows(indices, "ids")
     scored = params.evaluate.decode.method
@@ -48,7 +45,7 @@ def main() -> None:
                                 {m: captions[m][k] for m in METHODS}, entry["captions"],
                                 {f"{name} ({scored})": value for name, value in scores.items()}))
     analysis = json.loads(ERROR_ANALYSIS.read_text()) if ERROR_ANALYSIS.exists() else {}
-    page = write_report(items, FOLDER, params.report.image_px, f"graphcap report: {len(items)} "
+    page = write_report(items, REPORT, params.report.image_px, f"graphcap report: {len(items)} "
                         f"{params.evaluate.split} images",
                         analysis if "confusion" in analysis else None)  # not the stub of a data set without truth
     print(f"report: {page.resolve().as_uri()}")

@@ -2,117 +2,20 @@
 
 Data-parallel on N processes (gloo on CPU, nccl on GPUs; ``train.batch_size`` stays the global
 batch): ``torchrun --standalone --nproc_per_node N -m pipeline.stages.train``."""
-import copy
-import hashlib
-import json
-from dataclasses import asdict
-from pathlib import Path
-from typing import Iterator
-
-import torch
-
-import train as train_package
-from eval.metrics import cider
-from features.clip import ClipTail, load_clip, tail_spec
-from features.keywords import selectable_keywords
-from features.store import read_bank
-from pipeline.params import Params
-from pipeline.provenance import expected, keyword_bank
-from world.grammar import ground_caption
+from pipeline.app import load_manifest, run_main, start, write_json
+from pipeline.paths import CAPTIONER, CHECKPOINT, TRAIN_SCORES, TRAINING_LOG
 from pipeline.runtime import device_of
-from pipeline.stages.common import (load_manifest, open_features, run_main, split_indices, start, text_encoder,
-                                    write_json)
-from train.data import CaptionPairs, Grounding, Images, labelled_split
-from train.decode import DecodeConfig, caption_images
-from train.distributed import World, process_group
-from train.model import Captioner, FeatureDims, load_gpt2
-from train.trainer import Unlabelled, seed_everything, train
-
-OUT = Path("models/captioner")
-CHECKPOINT = Path("models/checkpoint.pt")  # the last epoch's full training state, for resuming
+from pipeline.training import train_captioner
+from train.distributed import process_group
 
 
 def main() -> None:
     params = start()
     device = device_of(params.store.device)
     with process_group(device) as world:  # under torchrun: DDP, rank 0 validates and writes
-        best = train_captioner(params, load_manifest(), OUT, Path("dvclive"), CHECKPOINT, world)
+        best = train_captioner(params, load_manifest(), CAPTIONER, TRAINING_LOG, CHECKPOINT, world)
         if world.is_main:
-            write_json(Path("results/train.json"), best)
-
-
-def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, checkpoint: Path,
-                    world: World = World()) -> dict[str, float]:
-    """Train on the store's train split as ``params`` say; the best epoch by greedy validation
-    CIDEr goes to ``out``. Returns its validation scores."""
-    device = device_of(params.store.device)
-    features = open_features(params, manifest, params.model.finetune_clip,
-                             with_region_clip=params.model.reads_region_clip)
-    bank_file = Path(params.store.dir) / "keywords.h5"
-    scene_words, scene_bank = read_bank(bank_file, "scene", keyword_bank(params))
-    object_words, object_bank = read_bank(bank_file, "object", keyword_bank(params))
-    keyword_words, keywords = selectable_keywords(params.keywords, (scene_words, scene_bank), (object_words, object_bank))
-    images = manifest["images"]
-    train_idx, unlabelled_idx = labelled_split(split_indices(manifest, "train", features),
-                                               params.train.labelled_fraction, params.train.seed)
-    first = features.image(train_idx[0])
-    region_inputs = {"clip": ["region_clip"], "both": ["features", "region_clip"]}.get(params.model.region_features,
-                                                                                     ["features"])
-    dims = FeatureDims(clip=len(first["clip"]), region=sum(first[k].shape[1] for k in region_inputs),
-                       scene_bank=len(scene_words),
-                       object_bank=len(object_words), keyword_bank=len(keyword_words))
-    seed_everything(params.train.seed)
-    gpt2, tokenizer = load_gpt2(params.model.gpt2)
-    extra = {"features": expected(params), "dataset": manifest["dataset"], "scene_words": scene_words,
-             "object_words": object_words,
-             "keyword_words": keyword_words, "labelled_images": len(train_idx)}
-    tail = None
-    if params.model.finetune_clip:  # the captioner's own copy of CLIP's last blocks, from the extractor's weights
-        clip = load_clip(params.clip, torch.device("cpu"))
-        tail, extra["clip_tail"] = copy.deepcopy(ClipTail(clip.model.visual)), tail_spec(clip)
-    model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank),
-                      tail, torch.from_numpy(keywords))
-    unlabelled = None
-    if params.train.scst_epochs:  # stage 2: these images' captions are not even opened
-        without_captions = open_features(params, manifest, params.model.finetune_clip, with_text=False,
-                                         with_region_clip=params.model.reads_region_clip)
-        unlabelled = Unlabelled(Images(without_captions, unlabelled_idx), text_encoder(params, device))
-
-    train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
-                             params.train.max_tokens, groundings(params, [images[i] for i in train_idx]))
-    val_idx = split_indices(manifest, "val", features, params.train.val_images)
-    val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["captions"] for i in val_idx}
-    greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
-
-    def scorer(m: Captioner) -> dict[str, float]:
-        captions = caption_images(m, val_set, greedy, params.train.batch_size, device)
-        return {"CIDEr_greedy": cider(references, {images[i]["id"]: c for i, c in zip(val_idx, captions)})}
-
-    # a checkpoint is resumed only by a run of the same configuration and code on the same data
-    code = [path.read_text() for path in sorted(Path(train_package.__file__).parent.glob("*.py"))]
-    fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
-                                             code], sort_keys=True).encode()).hexdigest()
-    return train(model, train_set, params.train, out, live_dir, scorer, "CIDEr_greedy", device, extra,
-                 checkpoint=checkpoint, fingerprint=fingerprint, world=world, unlabelled=unlabelled)
-
-
-def groundings(params: Params, images: list[dict]) -> Iterator[list[list[Grounding]]] | None:
-    """Phrase groundings of every caption, image by image, for the grounding loss (else None): a
-    generator, so only one image's phrases exist at a time. Only the demo world has them here (read
-    from its ground truth); a data set with phrase-box annotations (Flickr30k Entities) would
-    supply them in the same form."""
-    if params.train.loss.grounding_weight <= 0:
-        return None
-    for image in images:
-        if not has_groundings(image):
-            raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
-                             "(only the demo world's images have them: set the weight to 0)")
-    return ([ground_caption(c, image["extra"]["objects"]) for c in image["captions"]] for image in images)
-
-
-def has_groundings(image: dict) -> bool:
-    """Whether a manifest entry carries the phrase groundings :func:`groundings` reads."""
-    return "objects" in image.get("extra", {})
+            write_json(TRAIN_SCORES, best)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The one entry point the per-image feature stages share (clip_image, regions, knn,
 region_keywords, region_clip): each is this with its kind."""
 from pipeline import extract
+from pipeline.app import load_manifest, start
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
-from pipeline.stages.common import Rank, for_each_shard, load_manifest, start
+from pipeline.shards import Rank, for_each_shard
 
 
 def run_stage(kind: str) -> None:

@@ -1,37 +1,25 @@
-"""What the stage entry points share: parameters, the manifest, and the resumable shard loop."""
+"""The resumable shard loop of the feature stages (and of captioning new photos): compute the
+shards of a kind that are missing or stale, keep the rest."""
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import logging
-import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from features.clip import encode_texts, load_clip
-from features.images import ImageError
-from features.store import StoreError, open_shard, shard_path, shard_slices, write_shard
-from pipeline import runtime
-from pipeline.params import Params, load_params
-from pipeline.provenance import expected
-from train.data import CachedFeatures, StoreSpec
-from train.decode import TextEncoder
+from features.errors import ImageError, StoreError
+from features.store import open_shard, shard_path, shard_slices, write_shard
+from pipeline.app import write_json
+from pipeline.params import Params
 
 log = logging.getLogger(__name__)
-
-MANIFEST = Path("data/manifest.json")
-
-# compute(shard_index, manifest entries, progress(n_images)) -> (arrays, {row: reason} of rejected rows)
-Compute = Callable[[int, list[dict[str, Any]], Callable[[int], object]], tuple[dict[str, np.ndarray], dict[int, str]]]
-
 
 @dataclass(frozen=True)
 class Rank:
@@ -55,53 +43,8 @@ class Rank:
         return cls(index, count)
 
 
-# errors in what the user gave (a key, a file, an entry); each message names it
-USER_ERRORS = (ValueError, OSError, StoreError, ImageError)  # ParamsError and DatasetError are ValueErrors
-
-
-def run_main(main: Callable[[], None]) -> None:
-    """A stage's entry point: a user error ends it with one line, naming what is wrong, and exit
-    code 1 instead of a traceback (GRAPHCAP_TRACEBACK=1 shows the traceback)."""
-    try:
-        main()
-    except USER_ERRORS as err:
-        if os.environ.get("GRAPHCAP_TRACEBACK"):
-            raise
-        sys.exit(f"stage {Path(sys.argv[0]).stem}: {type(err).__name__}: {err}")  # argv[0]: the stage's file
-
-
-def start(params_file: Path = Path("params.yaml")) -> Params:
-    """Parse params.yaml (fails on any bad key before work starts) and set up the process; the
-    model hubs stay offline unless a weight is named by a hub tag rather than a local path."""
-    params = load_params(params_file)
-    specs = (params.clip.pretrained, params.model.gpt2)
-    runtime.setup(hub_wanted=not all(runtime.is_local(s) for s in specs))
-    return params
-
-
-def load_manifest(path: Path = MANIFEST) -> dict[str, Any]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest (run the prepare stage)")
-    return json.loads(path.read_text())
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic, strict JSON write: a NaN (a figure with nothing to measure, e.g. the accuracy of
-    relations when no caption states one) is written as null, which every JSON reader accepts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_nan_to_null(data), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
-def _nan_to_null(data: Any) -> Any:
-    if isinstance(data, float) and math.isnan(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _nan_to_null(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_nan_to_null(v) for v in data]
-    return data
+# compute(shard_index, manifest entries, progress(n_images)) -> (arrays, {row: reason} of rejected rows)
+Compute = Callable[[int, list[dict[str, Any]], Callable[[int], object]], tuple[dict[str, np.ndarray], dict[int, str]]]
 
 
 def shard_inputs(kind: str, entries: list[dict[str, Any]]) -> str:
@@ -190,30 +133,3 @@ def _summarize_rejects(store: Path, kind: str, n_shards: int) -> None:
     if rejects:
         log.warning("%s: %d images rejected and left out (see %s), e.g. %s", kind, len(rejects),
                     store / kind / "rejects.json", rejects[0]["reason"])
-
-
-def open_features(params: Params, manifest: dict[str, Any], with_tokens: bool = False,
-                  with_text: bool = True, with_region_clip: bool = False) -> CachedFeatures:
-    """The store, validated against the current parameters before any training or decoding;
-    ``with_tokens`` also serves the cached CLIP tokens (for a model that fine-tunes CLIP's tail),
-    ``with_text`` the captions' CLIP embeddings, ``with_region_clip`` the region crops'."""
-    spec = StoreSpec(Path(params.store.dir), params.store.shard_size, [e["id"] for e in manifest["images"]],
-                     expected(params), params.store.max_open_shards)
-    features = CachedFeatures(spec, with_tokens, with_text, with_region_clip)
-    features.validate()
-    return features
-
-
-def split_indices(manifest: dict[str, Any], split: str, features: CachedFeatures, limit: int = 0) -> list[int]:
-    """Manifest indices of a split whose features are all valid (rejected images are left out)."""
-    indices = [i for i, e in enumerate(manifest["images"]) if e["split"] == split and features.is_valid(i)]
-    if not indices:
-        raise ValueError(f"the manifest has no usable {split!r} images")
-    return indices[:limit] if limit else indices
-
-
-def text_encoder(params: Params, device: torch.device) -> TextEncoder:
-    """The pipeline's frozen CLIP text tower (CLIPScore, CLIP re-ranking, the SCST reward; the
-    images' side is cached)."""
-    clip = load_clip(params.clip, device)
-    return lambda texts: encode_texts(clip, texts, params.clip.batch_size)

@@ -1,0 +1,27 @@
+"""Every file and folder the pipeline reads or writes, relative to the project root: the one place
+the code names them. dvc.yaml, data/dvc.yaml and studies/dvc.yaml list the same paths as deps
+and outs (DVC needs them written there); tests/test_layering.py checks that the two agree."""
+from pathlib import Path
+
+WORLD = Path("data/world")  # the demo world: images/ and dataset.json
+MANIFEST = Path("data/manifest.json")
+
+CAPTIONER = Path("models/captioner")  # the trained model (best epoch)
+CHECKPOINT = Path("models/checkpoint.pt")  # the last epoch's full training state, for resuming (not a DVC output)
+TRAINING_LOG = Path("dvclive")
+TRAIN_SCORES = Path("results/train.json")
+
+METRICS = Path("results/metrics.json")
+CAPTIONS = Path("results/captions.json")
+ERROR_ANALYSIS = Path("results/error_analysis.json")
+REPORT = Path("results/report")
+
+ABLATION_DATA = Path("results/ablation_data.json")  # what the data set offers the studies
+ABLATION_CELLS = Path("results/ablations")  # one JSON of metrics per variant and seed
+ABLATION_WORK = Path("models/ablations")  # a cell's model and checkpoint while it runs (removed after)
+ABLATION_TABLE = Path("results/ablations")  # .md, .csv and .json beside the cells' folder
+
+
+def keyword_banks(store_dir: str | Path) -> Path:
+    """The scene and object keyword banks, beside the feature kinds in the store."""
+    return Path(store_dir) / "keywords.h5"

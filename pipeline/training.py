@@ -1,0 +1,104 @@
+"""Training a captioner on the store, as the train stage and the studies' cells do: the
+features, keyword banks, GPT-2, the caption pairs and their phrase groundings, validation."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+import train as train_package
+from eval.metrics import cider
+from features.clip import ClipTail, load_clip, tail_spec
+from features.keywords import selectable_keywords
+from features.store import read_bank
+from pipeline.model_inputs import open_features, split_indices, text_encoder
+from pipeline.params import Params
+from pipeline.paths import keyword_banks
+from pipeline.provenance import expected, keyword_bank
+from pipeline.runtime import device_of
+from train.config import DecodeConfig
+from train.data import CaptionPairs, Grounding, Images, labelled_split
+from train.decode import caption_images
+from train.distributed import World
+from train.model import Captioner, FeatureDims, load_gpt2
+from train.trainer import Unlabelled, seed_everything, train
+from world.grammar import ground_caption
+
+
+def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, checkpoint: Path,
+                    world: World = World()) -> dict[str, float]:
+    """Train on the store's train split as ``params`` say; the best epoch by greedy validation
+    CIDEr goes to ``out``. Returns its validation scores."""
+    device = device_of(params.store.device)
+    features = open_features(params, manifest, params.model.finetune_clip,
+                             with_region_clip=params.model.reads_region_clip)
+    bank_file = keyword_banks(params.store.dir)
+    scene_words, scene_bank = read_bank(bank_file, "scene", keyword_bank(params))
+    object_words, object_bank = read_bank(bank_file, "object", keyword_bank(params))
+    keyword_words, keywords = selectable_keywords(params.keywords, (scene_words, scene_bank), (object_words, object_bank))
+    images = manifest["images"]
+    train_idx, unlabelled_idx = labelled_split(split_indices(manifest, "train", features),
+                                               params.train.labelled_fraction, params.train.seed)
+    first = features.image(train_idx[0])
+    region_inputs = {"clip": ["region_clip"], "both": ["features", "region_clip"]}.get(params.model.region_features,
+                                                                                     ["features"])
+    dims = FeatureDims(clip=len(first["clip"]), region=sum(first[k].shape[1] for k in region_inputs),
+                       scene_bank=len(scene_words),
+                       object_bank=len(object_words), keyword_bank=len(keyword_words))
+    seed_everything(params.train.seed)
+    gpt2, tokenizer = load_gpt2(params.model.gpt2)
+    extra = {"features": expected(params), "dataset": manifest["dataset"], "scene_words": scene_words,
+             "object_words": object_words,
+             "keyword_words": keyword_words, "labelled_images": len(train_idx)}
+    tail = None
+    if params.model.finetune_clip:  # the captioner's own copy of CLIP's last blocks, from the extractor's weights
+        clip = load_clip(params.clip, torch.device("cpu"))
+        tail, extra["clip_tail"] = copy.deepcopy(ClipTail(clip.model.visual)), tail_spec(clip)
+    model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank),
+                      tail, torch.from_numpy(keywords))
+    unlabelled = None
+    if params.train.scst_epochs:  # stage 2: these images' captions are not even opened
+        without_captions = open_features(params, manifest, params.model.finetune_clip, with_text=False,
+                                         with_region_clip=params.model.reads_region_clip)
+        unlabelled = Unlabelled(Images(without_captions, unlabelled_idx), text_encoder(params, device))
+
+    train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
+                             params.train.max_tokens, groundings(params, [images[i] for i in train_idx]))
+    val_idx = split_indices(manifest, "val", features, params.train.val_images)
+    val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["captions"] for i in val_idx}
+    greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
+
+    def scorer(m: Captioner) -> dict[str, float]:
+        captions = caption_images(m, val_set, greedy, params.train.batch_size, device)
+        return {"CIDEr_greedy": cider(references, {images[i]["id"]: c for i, c in zip(val_idx, captions)})}
+
+    # a checkpoint is resumed only by a run of the same configuration and code on the same data
+    code = [path.read_text() for path in sorted(Path(train_package.__file__).parent.glob("*.py"))]
+    fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
+                                             code], sort_keys=True).encode()).hexdigest()
+    return train(model, train_set, params.train, out, live_dir, scorer, "CIDEr_greedy", device, extra,
+                 checkpoint=checkpoint, fingerprint=fingerprint, world=world, unlabelled=unlabelled)
+
+
+def groundings(params: Params, images: list[dict]) -> Iterator[list[list[Grounding]]] | None:
+    """Phrase groundings of every caption, image by image, for the grounding loss (else None): a
+    generator, so only one image's phrases exist at a time. Only the demo world has them here (read
+    from its ground truth); a data set with phrase-box annotations (Flickr30k Entities) would
+    supply them in the same form."""
+    if params.train.loss.grounding_weight <= 0:
+        return None
+    for image in images:
+        if not has_groundings(image):
+            raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
+                             "(only the demo world's images have them: set the weight to 0)")
+    return ([ground_caption(c, image["extra"]["objects"]) for c in image["captions"]] for image in images)
+
+
+def has_groundings(image: dict) -> bool:
+    """Whether a manifest entry carries the phrase groundings :func:`groundings` reads."""
+    return "objects" in image.get("extra", {})
