@@ -45,7 +45,26 @@ class Clip:
             else int(self.model.text_projection.out_features)
 
 
-def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
+def clip_activation(cfg: ClipConfig) -> str:
+    """The activation the network is built with, as its weights were trained: ``quick_gelu`` or
+    ``gelu``. open_clip builds e.g. ``ViT-B-32`` with GELU and only warns when the ``openai`` tag's
+    weights (trained with QuickGELU) are loaded into it; here the tag decides, and a setting that
+    contradicts it is refused."""
+    _register_config(cfg)
+    model_cfg = open_clip.get_model_config(cfg.model) or {}
+    built = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+    tagged = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if cfg.pretrained else {}
+    trained = ("quick_gelu" if tagged.get("quick_gelu", False) else "gelu") if tagged else None
+    wanted = trained or built if cfg.activation == "auto" else cfg.activation
+    if trained and wanted != trained:
+        raise ValueError(f"clip.activation: {cfg.activation} contradicts pretrained tag {cfg.pretrained!r} of "
+                         f"{cfg.model}, whose weights were trained with {trained}")
+    if wanted == "gelu" and built == "quick_gelu":
+        raise ValueError(f"clip.activation: gelu, but model config {cfg.model!r} builds QuickGELU")
+    return wanted
+
+
+def _register_config(cfg: ClipConfig) -> None:
     if cfg.config_file:
         path = Path(cfg.config_file)
         if not path.is_file():
@@ -53,7 +72,13 @@ def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
         open_clip.add_model_config(path)
         if path.stem != cfg.model:
             raise ValueError(f"clip.model is {cfg.model!r} but clip.config_file registers {path.stem!r}")
-    model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=cfg.pretrained or None)
+
+
+def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
+    """CLIP as ``cfg`` names it, built with the activation its weights were trained with."""
+    quick_gelu = clip_activation(cfg) == "quick_gelu"
+    model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=cfg.pretrained or None,
+                                                                 force_quick_gelu=quick_gelu)
     if cfg.tokenizer:
         context_length = model.context_length
         tokenizer = open_clip.tokenizer.HFTokenizer(cfg.tokenizer, context_length=context_length)

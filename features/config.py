@@ -21,6 +21,9 @@ class ClipConfig:
     tokenizer: str = ""
     cache_tokens: bool = False  # also store the ViT tokens entering the last two blocks (to fine-tune them)
     batch_size: int = 64
+    # the MLP activation the weights were trained with: auto = the pretrained tag's (OpenAI's tags:
+    # quick_gelu), or for a local file the model config's; set it for a local copy of tagged weights
+    activation: Literal["auto", "quick_gelu", "gelu"] = "auto"
 
     def identity(self) -> dict:
         """What the produced embeddings depend on (stored as provenance, checked by readers)."""

@@ -36,5 +36,6 @@ def keyword_bank(p: Params) -> dict[str, Any]:
 
 
 def clip_identity(p: Params) -> dict[str, Any]:
-    """What CLIP's embeddings depend on: the configuration's identity and this code's version."""
-    return {**p.clip.identity(), "clip.code_version": clip.VERSION}
+    """What CLIP's embeddings depend on: the configuration's identity, the activation the network
+    was built with (features made with the wrong one are refused), and this code's version."""
+    return {**p.clip.identity(), "clip.activation": clip.clip_activation(p.clip), "clip.code_version": clip.VERSION}
