@@ -26,7 +26,7 @@ from features.config import KeywordConfig
 STOP_WORDS = frozenset("""
 a an the and or of to in on at by with for from is are was were be been being it its this that these
 there their they them he she his her we you i as into onto over under near next up down out off
-itself by alone one two three four five <num> some while other another very
+itself by alone one two three four five num some while other another very
 """.split())
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+NUMBER_TOKEN = "<num>"  # what prepare.numbers_to_token writes for a number; never in a scored caption
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class TextConfig:
 
     lowercase: bool = True
     strip_punctuation: bool = True  # everything but letters, digits, spaces and periods
-    numbers_to_token: bool = True  # "2" -> "<num>"
+    numbers_to_token: bool = True  # "2" -> NUMBER_TOKEN
     restval_to_train: bool = True  # Karpathy's "restval" images join the training split
 
 
@@ -41,7 +42,7 @@ def normalize_caption(text: str, cfg: TextConfig) -> str:
     if cfg.lowercase:
         text = text.lower()
     if cfg.numbers_to_token:
-        text = _NUMBER.sub("<num>", text)
+        text = _NUMBER.sub(NUMBER_TOKEN, text)
     if cfg.strip_punctuation:
         text = _PUNCTUATION.sub(" ", text)
     text = re.sub(r"\s+([.])", r"\1", text)  # "word ." -> "word."

@@ -16,6 +16,7 @@ from eval.world_truth import world_scores
 from features.detection import load_class_names
 from features.store import check_provenance
 from pipeline.app import write_json
+from pipeline.datasets import NUMBER_TOKEN
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
 from pipeline.provenance import expected
@@ -45,7 +46,8 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path,
     captions = caption_images(model, Images(features, indices), params.evaluate.decode, params.evaluate.batch_size,
                               device, encode)
     ids = [images[i]["id"] for i in indices]
-    references = {images[i]["id"]: images[i]["captions"] for i in indices}
+    references = {images[i]["id"]: images[i]["raw"] for i in indices}  # as the COCO server: raw, PTB-tokenized
+    captions = [scorable(c) for c in captions]
     candidates = dict(zip(ids, captions))
     scores, per_image = coco_scores(references, candidates)
     embeddings = np.stack(features.readers["clip_image"].rows(indices, "embeddings")).astype(np.float32)
@@ -71,6 +73,12 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path,
         metrics["SPICE"] = "unavailable"
     return metrics, [{"id": i, "caption": candidates[i], "references": references[i],
                       "scores": {name: values[i] for name, values in per_image.items()}} for i in ids]
+
+
+def scorable(caption: str) -> str:
+    """A decoded caption as it is scored: without the number token (a number the model could not
+    name; the references are raw text and have none)."""
+    return " ".join(word for word in caption.split() if word != NUMBER_TOKEN)
 
 
 def detections(params: Params, features: CachedFeatures, indices: list[int]) -> list[Detections]:

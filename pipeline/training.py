@@ -70,7 +70,7 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
     train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
                              params.train.max_tokens, groundings(params, [images[i] for i in train_idx]))
     val_idx = split_indices(manifest, "val", features, params.train.val_images)
-    val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["captions"] for i in val_idx}
+    val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["raw"] for i in val_idx}
     greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
 
     def scorer(m: Captioner) -> dict[str, float]:

@@ -100,6 +100,9 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert metrics["n_images"] == 6 and "SPICE" in metrics
     captions = json.loads((project / "results/captions.json").read_text())
     assert len(captions) == 6 and all(isinstance(c["caption"], str) for c in captions)
+    dataset = json.loads((project / "data/world/dataset.json").read_text())["images"]
+    raw = {str(e["imgid"]): [s["raw"] for s in e["sentences"]] for e in dataset}
+    assert all(c["references"] == raw[c["id"]] for c in captions)  # scored against the raw text, as COCO's server
     assert (project / "models/captioner/config.json").exists()
     assert sorted(p.name for p in (project / "data/features/regions").iterdir()) == [
         "rejects.json", "shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]

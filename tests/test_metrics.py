@@ -56,3 +56,9 @@ def test_tokenizer_matches_pycocoevalcap_and_leaves_its_folder_alone():
     theirs = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     assert ours == theirs and ours["1"][0] == "a red circle on the beach"
     assert folder.stat().st_mtime_ns != before  # (pycocoevalcap's own writes there: the check can fail)
+
+
+def test_a_scored_caption_never_holds_the_number_token():
+    from pipeline.evaluation import scorable
+
+    assert scorable("two <num> dogs on a bench") == "two dogs on a bench"
