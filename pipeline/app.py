@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from features.errors import ImageError, StoreError
 from pipeline import runtime
+from pipeline.datasets import read_manifest
 from pipeline.params import Params, load_params
 from pipeline.paths import MANIFEST
 
@@ -41,10 +42,14 @@ def start(params_file: Path = Path("params.yaml")) -> Params:
     return params
 
 
-def load_manifest(path: Path = MANIFEST) -> dict[str, Any]:
+def load_manifest(path: Path = MANIFEST, keep: Callable[[dict], dict] | None = None) -> dict[str, Any]:
+    """The manifest that ``prepare`` wrote; ``keep`` slims each image entry as it is read."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no manifest (run the prepare stage)")
-    return json.loads(path.read_text())
+    try:
+        return read_manifest(path, keep)
+    except (json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path}: not a manifest ({err!r}); run the prepare stage again") from err
 
 
 def write_json(path: Path, data: Any) -> None:

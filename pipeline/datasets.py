@@ -14,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -155,6 +155,51 @@ def build_manifest(source: Path, image_root: Path, cfg: TextConfig, max_images: 
     counts = {s: sum(e["split"] == s for e in manifest["images"]) for s in SPLITS}
     log.info("manifest: %d images %s", len(manifest["images"]), counts)
     return manifest
+
+
+_IMAGES_OPEN = '"images": ['  # the end of a streamable manifest's first line
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """The manifest as JSON with one image entry per line, written atomically, so that a reader
+    can stream it (:func:`read_manifest`): at COCO size the whole file parsed at once is ~600 MB
+    of Python objects, and most stages need a few fields of each entry."""
+    header = json.dumps({k: v for k, v in manifest.items() if k != "images"})
+    images = manifest["images"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(header[:-1] + (", " if header != "{}" else "") + _IMAGES_OPEN + "\n")
+        for k, entry in enumerate(images):
+            f.write(json.dumps(entry) + (",\n" if k + 1 < len(images) else "\n"))
+        f.write("]}\n")
+    tmp.replace(path)
+
+
+def read_manifest(path: Path, keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A manifest, each image entry passed through ``keep`` as it is read (a reader that needs a
+    few fields keeps only those)."""
+    with open(path) as f:
+        first = f.readline().rstrip()
+    if first.endswith(_IMAGES_OPEN):
+        manifest = json.loads(first + "]}")
+    else:  # not in write_manifest's layout (written by hand): small enough to parse twice
+        manifest = {k: v for k, v in json.loads(Path(path).read_text()).items() if k != "images"}
+    manifest["images"] = [keep(e) if keep else e for e in manifest_images(path)]
+    return manifest
+
+
+def manifest_images(path: Path) -> Iterator[dict[str, Any]]:
+    """The image entries of a manifest, one at a time (streamed in write_manifest's layout)."""
+    with open(path) as f:
+        first = f.readline()
+        if not first.rstrip().endswith(_IMAGES_OPEN):
+            yield from json.loads(first + f.read())["images"]
+            return
+        for line in f:
+            line = line.strip().rstrip(",")
+            if line and line != "]}":
+                yield json.loads(line)
 
 
 def image_paths(manifest: dict[str, Any], entries: list[dict[str, Any]] | None = None) -> list[Path]:

@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -16,6 +16,8 @@ from eval.metrics import cider
 from features.clip import ClipTail, load_clip, tail_spec
 from features.keywords import selectable_keywords
 from features.store import read_bank
+from pipeline.app import load_manifest
+from pipeline.datasets import manifest_images
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
 from pipeline.paths import keyword_banks
@@ -30,11 +32,13 @@ from train.trainer import Unlabelled, seed_everything, train
 from world.grammar import ground_caption
 
 
-def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, checkpoint: Path,
+def train_captioner(params: Params, manifest_file: Path, out: Path, live_dir: Path, checkpoint: Path,
                     world: World = World()) -> dict[str, float]:
     """Train on the store's train split as ``params`` say; the best epoch by greedy validation
-    CIDEr goes to ``out``. Returns its validation scores."""
+    CIDEr goes to ``out``. Returns its validation scores. Of the manifest it keeps only what
+    :func:`training_view` says (memory flat in the data set's size beyond the caption index)."""
     device = device_of(params.store.device)
+    manifest = load_manifest(manifest_file, keep=training_view)
     features = open_features(params, manifest, params.model.finetune_clip,
                              with_region_clip=params.model.reads_region_clip)
     bank_file = keyword_banks(params.store.dir)
@@ -67,8 +71,8 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
                                          with_region_clip=params.model.reads_region_clip)
         unlabelled = Unlabelled(Images(without_captions, unlabelled_idx), text_encoder(params, device))
 
-    train_set = CaptionPairs(features, train_idx, [images[i]["captions"] for i in train_idx], tokenizer,
-                             params.train.max_tokens, groundings(params, [images[i] for i in train_idx]))
+    train_set = CaptionPairs(features, train_idx, [images[i].pop("captions") for i in train_idx], tokenizer,
+                             params.train.max_tokens, groundings(params, manifest_file, train_idx))
     val_idx = split_indices(manifest, "val", features, params.train.val_images)
     val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["raw"] for i in val_idx}
     greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
@@ -85,18 +89,38 @@ def train_captioner(params: Params, manifest: dict, out: Path, live_dir: Path, c
                  checkpoint=checkpoint, fingerprint=fingerprint, world=world, unlabelled=unlabelled)
 
 
-def groundings(params: Params, images: list[dict]) -> Iterator[list[list[Grounding]]] | None:
-    """Phrase groundings of every caption, image by image, for the grounding loss (else None): a
-    generator, so only one image's phrases exist at a time. Only the demo world has them here (read
-    from its ground truth); a data set with phrase-box annotations (Flickr30k Entities) would
+def training_view(entry: dict[str, Any]) -> dict[str, Any]:
+    """What training keeps of a manifest entry: id and split; the normalised captions of a
+    training image (the caption pairs), the raw ones of a validation image (validation CIDEr).
+    Ground truth is read again, image by image, by :func:`groundings`."""
+    slim = {"id": entry["id"], "split": entry["split"]}
+    if entry["split"] == "train":
+        slim["captions"] = entry["captions"]
+    elif entry["split"] == "val":
+        slim["raw"] = entry["raw"]
+    return slim
+
+
+def groundings(params: Params, manifest_file: Path, indices: list[int]) -> Iterator[list[list[Grounding]]] | None:
+    """Phrase groundings of every caption of the images at ``indices`` (ascending manifest
+    indices), image by image, for the grounding loss (else None): a generator over the manifest
+    read again, so only one image's phrases exist at a time. Only the demo world has them here
+    (from its ground truth); a data set with phrase-box annotations (Flickr30k Entities) would
     supply them in the same form."""
     if params.train.loss.grounding_weight <= 0:
         return None
-    for image in images:
-        if not has_groundings(image):
-            raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
-                             "(only the demo world's images have them: set the weight to 0)")
-    return ([ground_caption(c, image["extra"]["objects"]) for c in image["captions"]] for image in images)
+    wanted = set(indices)
+
+    def per_image() -> Iterator[list[list[Grounding]]]:
+        for index, image in enumerate(manifest_images(manifest_file)):
+            if index not in wanted:
+                continue
+            if not has_groundings(image):
+                raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
+                                 "(only the demo world's images have them: set the weight to 0)")
+            yield [ground_caption(c, image["extra"]["objects"]) for c in image["captions"]]
+
+    return per_image()
 
 
 def has_groundings(image: dict) -> bool:

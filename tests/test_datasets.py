@@ -88,3 +88,19 @@ def test_a_wrong_image_root_stops_prepare_naming_it(tmp_path):
     source = _karpathy(tmp_path, [_entry(0), _entry(1)])
     with pytest.raises(DatasetError, match=f"none of its 2 image files is under data.image_root {tmp_path}.*x/0.jpg"):
         build_manifest(source, tmp_path, TextConfig())  # the folder above images/
+
+
+def test_the_manifest_streams_entry_by_entry_and_stays_json(tmp_path):
+    from pipeline.datasets import manifest_images, read_manifest, write_manifest
+
+    manifest = {"dataset": "toy", "image_root": "x", "images": [{"id": str(i), "split": "train", "captions": ["a"]}
+                                                                for i in range(3)]}
+    path = tmp_path / "manifest.json"
+    write_manifest(path, manifest)
+    assert json.loads(path.read_text()) == manifest  # any JSON reader reads it whole
+    assert path.read_text().count("\n") == 5  # the header, one line per image, the end
+    assert read_manifest(path, keep=lambda e: {"id": e["id"]}) == {**manifest, "images": [{"id": "0"}, {"id": "1"},
+                                                                                          {"id": "2"}]}
+    by_hand = tmp_path / "by_hand.json"
+    by_hand.write_text(json.dumps(manifest, indent=2))  # not the streaming layout: still read
+    assert read_manifest(by_hand) == manifest and list(manifest_images(by_hand)) == manifest["images"]

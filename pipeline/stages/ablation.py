@@ -16,7 +16,7 @@ from pipeline import extract
 from pipeline.app import load_manifest, run_main, start, write_json
 from pipeline.evaluation import evaluate_captioner
 from pipeline.params import Params
-from pipeline.paths import ABLATION_CELLS, ABLATION_WORK
+from pipeline.paths import ABLATION_CELLS, ABLATION_WORK, MANIFEST
 from pipeline.provenance import expected
 from pipeline.shards import for_each_shard
 from pipeline.training import train_captioner
@@ -62,7 +62,7 @@ def main() -> None:
     name = f"{args.variant}-{args.seed}"
     work = ABLATION_WORK / name  # a killed cell resumes from its checkpoint here
     params = with_own_graphs(params, variant_params(params, args.variant, args.seed), manifest, work)
-    train_captioner(params, manifest, work / "model", work / "live", work / "checkpoint.pt")
+    train_captioner(params, MANIFEST, work / "model", work / "live", work / "checkpoint.pt")
     metrics, _ = evaluate_captioner(params, manifest, work / "model")
     write_json(ABLATION_CELLS / f"{name}.json", {**metrics, "variant": args.variant, "seed": args.seed})
     shutil.rmtree(work)

@@ -1,15 +1,15 @@
 """Stage `prepare`: data set (Karpathy JSON) → data/manifest.json with normalised captions."""
 from pathlib import Path
 
-from pipeline.app import MANIFEST, run_main, start, write_json
-from pipeline.datasets import build_manifest
+from pipeline.app import MANIFEST, run_main, start
+from pipeline.datasets import build_manifest, write_manifest
 
 
 def main() -> None:
     params = start()
     manifest = build_manifest(Path(params.data.dataset), Path(params.data.image_root), params.prepare,
                               params.data.max_images, params.data.max_caption_chars)
-    write_json(MANIFEST, manifest)
+    write_manifest(MANIFEST, manifest)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Data-parallel on N processes (gloo on CPU, nccl on GPUs; ``train.batch_size`` stays the global
 batch): ``torchrun --standalone --nproc_per_node N -m pipeline.stages.train``."""
-from pipeline.app import load_manifest, run_main, start, write_json
-from pipeline.paths import CAPTIONER, CHECKPOINT, TRAIN_SCORES, TRAINING_LOG
+from pipeline.app import run_main, start, write_json
+from pipeline.paths import CAPTIONER, CHECKPOINT, MANIFEST, TRAIN_SCORES, TRAINING_LOG
 from pipeline.runtime import device_of
 from pipeline.training import train_captioner
 from train.distributed import process_group
@@ -13,7 +13,7 @@ def main() -> None:
     params = start()
     device = device_of(params.store.device)
     with process_group(device) as world:  # under torchrun: DDP, rank 0 validates and writes
-        best = train_captioner(params, load_manifest(), CAPTIONER, TRAINING_LOG, CHECKPOINT, world)
+        best = train_captioner(params, MANIFEST, CAPTIONER, TRAINING_LOG, CHECKPOINT, world)
         if world.is_main:
             write_json(TRAIN_SCORES, best)
 
