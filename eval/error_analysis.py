@@ -27,6 +27,8 @@ from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 from world.grammar import COLORS, RELATIONS, SHAPES, SIZES, Mention, WorldObject, read_caption, relation, truth_objects
 
@@ -42,22 +44,17 @@ IOU_MATCH = 0.5  # a box detects an object at this IoU: the PASCAL VOC / COCO AP
 DETECTOR_FAULTS = ("missed", "misclassified")
 
 
-def box_iou(boxes: np.ndarray, box: Sequence[float]) -> np.ndarray:
+def overlaps_with(boxes: np.ndarray, box: Sequence[float]) -> np.ndarray:
     """IoU of each of ``boxes`` (n, 4) with one ``box`` (4,), all x0, y0, x1, y1 → (n,)."""
-    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    x0, y0, x1, y1 = (float(v) for v in box)
-    width = np.clip(np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0), 0, None)
-    height = np.clip(np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0), 0, None)
-    inter = width * height
-    union = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + (x1 - x0) * (y1 - y0) - inter
-    return inter / np.maximum(union, 1e-9)
+    many = torch.as_tensor(np.asarray(boxes, dtype=np.float64).reshape(-1, 4))
+    return box_iou(many, torch.tensor([list(box)], dtype=torch.float64))[:, 0].numpy()
 
 
 def detector_status(obj: WorldObject, detections: Detections) -> str:
     """``missed``, ``misclassified`` or ``detected``: judged on the best-overlapping box alone, since
     that is the region that stands for the object in the captioner's graph."""
     boxes, labels = detections
-    overlaps = box_iou(boxes, obj.box)  # (n,)
+    overlaps = overlaps_with(boxes, obj.box)  # (n,)
     if not len(overlaps) or overlaps.max() < IOU_MATCH:
         return "missed"
     return "detected" if labels[int(overlaps.argmax())] == obj.shape else "misclassified"

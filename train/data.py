@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_iou
 from transformers import PreTrainedTokenizerBase
 
-from features.store import FeatureReader
+from features.store import KINDS, FeatureReader
 from train.region_graph import box_geometry
 
 
@@ -35,7 +35,7 @@ class StoreSpec:
 class CachedFeatures:
     """Everything the model needs about one image, read from the store by manifest index."""
 
-    KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords", "region_clip")
+    KINDS = KINDS  # the store's kinds, in its order
 
     def __init__(self, spec: StoreSpec, with_tokens: bool = False, with_text: bool = True,
                  with_region_clip: bool = False):
