@@ -75,6 +75,13 @@ def evaluate_captioner(params: Params, manifest: dict, folder: Path,
                       "scores": {name: values[i] for name, values in per_image.items()}} for i in ids]
 
 
+def coco_results(records: list[dict]) -> list[dict]:
+    """Captions in the form the COCO caption evaluation server and pycocotools' ``COCO.loadRes``
+    read: ``[{"image_id": int, "caption": str}]``, the COCO id where the data set has one (a
+    numeric id), else the manifest's id as it is."""
+    return [{"image_id": int(r["id"]) if r["id"].isdigit() else r["id"], "caption": r["caption"]} for r in records]
+
+
 def scorable(caption: str) -> str:
     """A decoded caption as it is scored: without the number token (a number the model could not
     name; the references are raw text and have none)."""

@@ -13,6 +13,7 @@ TRAIN_SCORES = Path("results/train.json")
 
 METRICS = Path("results/metrics.json")
 CAPTIONS = Path("results/captions.json")
+COCO_RESULTS = Path("results/coco_results.json")  # the COCO caption server's result format
 ERROR_ANALYSIS = Path("results/error_analysis.json")
 REPORT = Path("results/report")
 

@@ -103,6 +103,7 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     dataset = json.loads((project / "data/world/dataset.json").read_text())["images"]
     raw = {str(e["imgid"]): [s["raw"] for s in e["sentences"]] for e in dataset}
     assert all(c["references"] == raw[c["id"]] for c in captions)  # scored against the raw text, as COCO's server
+    _load_coco_results(project / "results/coco_results.json", captions)
     assert (project / "models/captioner/config.json").exists()
     assert sorted(p.name for p in (project / "data/features/regions").iterdir()) == [
         "rejects.json", "shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
@@ -112,6 +113,21 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert not (project / "results/ablations.json").exists()
     page = (project / "results/report/index.html").read_text()
     assert page.count("<section") == 6 and len(list((project / "results/report/images").glob("*.png"))) == 6
+
+
+def _load_coco_results(path, captions):
+    """The result file loads with pycocotools against ground truth of the same images, as COCO's
+    own evaluation code does, and says what captions.json says."""
+    from pycocotools.coco import COCO
+
+    truth = COCO()
+    references = [(c["id"], r) for c in captions for r in c["references"]]
+    truth.dataset = {"images": [{"id": int(c["id"])} for c in captions],
+                     "annotations": [{"id": k, "image_id": int(i), "caption": r} for k, (i, r) in enumerate(references)]}
+    truth.createIndex()
+    results = truth.loadRes(str(path))
+    assert {a["image_id"]: a["caption"] for a in results.dataset["annotations"]} == {
+        int(c["id"]): c["caption"] for c in captions}
 
 
 def test_second_repro_does_nothing(project):
