@@ -111,13 +111,15 @@ def test_search_matches_transformers_generate(tiny_language):
     model = tiny_captioner(tiny_language).eval()
     embeds = model.prefix(collate(synthetic_items(n=6))).embeddings
     tok = model.tokenizer
-    for beams in (1, 3):
-        cfg = DecodeConfig(max_tokens=8)
+    for beams, ngram in ((1, 0), (3, 0), (1, 2), (3, 2), (1, 1)):
+        cfg = DecodeConfig(max_tokens=8, no_repeat_ngram_size=ngram)
         ours = search(model, embeds, cfg, 8 if beams == 1 else 0, beams)[0][:, 0]  # the best beam
         theirs = model.gpt2.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
                                      max_new_tokens=8, num_beams=beams, do_sample=False, eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id)
-        assert ours.tolist() == theirs.tolist()
+                                     pad_token_id=tok.pad_token_id, no_repeat_ngram_size=ngram)
+        assert ours.tolist() == theirs.tolist(), (beams, ngram)
+    unbanned = search(model, embeds, DecodeConfig(max_tokens=8), 8, 1)[0][:, 0].tolist()
+    assert any(len(set(zip(ids, ids[1:]))) < len(ids) - 1 for ids in unbanned)  # the random model repeats itself
     hybrid, scores = search(model, embeds, DecodeConfig(max_tokens=8), 8, 3)  # all greedy steps: the greedy result
     assert hybrid.tolist() == search(model, embeds, DecodeConfig(max_tokens=8), 8, 1)[0].tolist()
     beams, scores = search(model, embeds, DecodeConfig(max_tokens=8), 0, 3)

@@ -30,6 +30,7 @@ class DecodeConfig:
     greedy_tokens: int = 3  # hybrid: tokens chosen greedily before the beam takes over
     max_tokens: int = 30
     length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # no n-gram of this size twice in a caption (0 = off), as transformers' generate
     rerank: Literal["none", "clip", "coverage"] = "none"  # none | clip | coverage: how the final beam is chosen (see :func:`decode`)
     coverage_weight: float = 1.0  # rerank coverage: β of the coverage penalty
     coverage_heads: int = 2  # rerank coverage: heads of GPT-2's last layer that read it (train.loss.grounding_heads)

@@ -46,9 +46,11 @@ def search(model: Captioner, embeds: torch.Tensor, cfg: DecodeConfig, greedy_ste
             scores[:, 1:] = -math.inf  # identical copies: only the first may spawn candidates at first
             scores = scores.flatten()
         logp = torch.log_softmax(logits, dim=-1)  # (B·w, V)
+        vocab = logp.shape[-1]
+        if cfg.no_repeat_ngram_size:
+            logp[repeated_ngrams(tokens, cfg.no_repeat_ngram_size, vocab) & ~done[:, None]] = -math.inf
         logp[done] = -math.inf
         logp[done, eos] = 0.0  # a finished caption only continues with EOS, at no cost
-        vocab = logp.shape[-1]
         top, index = (scores[:, None] + logp).view(batch, width * vocab).topk(width, dim=-1)  # (B, w)
         rows = (torch.arange(batch, device=embeds.device)[:, None] * width + index // vocab).flatten()
         words = (index % vocab).flatten()  # (B·w,)
@@ -63,6 +65,19 @@ def search(model: Captioner, embeds: torch.Tensor, cfg: DecodeConfig, greedy_ste
     final, order = (scores / lengths.clamp_min(1) ** cfg.length_penalty).view(batch, width).sort(dim=-1, descending=True, stable=True)
     rows = (torch.arange(batch, device=embeds.device)[:, None] * width + order).flatten()
     return tokens[rows].view(batch, width, -1), final
+
+
+def repeated_ngrams(tokens: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
+    """(R, V): True where the next token would complete an n-gram the row already holds (tokens
+    (R, T)), the rule of transformers' ``no_repeat_ngram_size``. A Python loop over rows: R is the
+    batch times the beams and T ≤ ``max_tokens``, small next to a GPT-2 step."""
+    banned = torch.zeros(len(tokens), vocab, dtype=torch.bool)
+    for row, ids in enumerate(tokens.tolist()):
+        head = ids[len(ids) - n + 1:] if n > 1 else []
+        for k in range(len(ids) - n + 1):
+            if ids[k:k + n - 1] == head:
+                banned[row, ids[k + n - 1]] = True
+    return banned.to(tokens.device)
 
 
 def check_decode(cfg: DecodeConfig, text_encoder: TextEncoder | None = None) -> None:
