@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 from tqdm import tqdm
 
@@ -32,6 +33,16 @@ class TextConfig:
     strip_punctuation: bool = True  # everything but letters, digits, spaces and periods
     numbers_to_token: bool = True  # "2" -> NUMBER_TOKEN
     restval_to_train: bool = True  # Karpathy's "restval" images join the training split
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Which images train, validate and test; keys documented in params.yaml (``data.split``)."""
+
+    rule: Literal["karpathy", "coco2014", "random"] = "karpathy"  # karpathy: the JSON's own splits
+    train_share: float = 0.8  # random: the share of images that train, the rest test (Flickr30k's 8:2)
+    seed: int = 0  # random: the draw; coco2014 and random: which training images validate
+    val_images: int = 5000  # coco2014 and random: training images held out to choose the best epoch
 
 
 _PUNCTUATION = re.compile(r"[^\w\s.<>]|_")
@@ -146,15 +157,41 @@ def file_md5(path: Path) -> str:
 
 
 def build_manifest(source: Path, image_root: Path, cfg: TextConfig, max_images: int = 0,
-                   max_caption_chars: int = 1000) -> dict[str, Any]:
+                   max_caption_chars: int = 1000, split: SplitConfig = SplitConfig()) -> dict[str, Any]:
     manifest = read_karpathy(source, cfg, max_caption_chars)
     if max_images:
         manifest["images"] = manifest["images"][:max_images]
     manifest["images"] = _present_images(manifest["images"], image_root, source)
+    assign_splits(manifest["images"], split, source)
     manifest["image_root"] = str(image_root)
+    manifest["split"] = asdict(split)
     counts = {s: sum(e["split"] == s for e in manifest["images"]) for s in SPLITS}
     log.info("manifest: %d images %s", len(manifest["images"]), counts)
     return manifest
+
+
+def assign_splits(images: list[dict[str, Any]], cfg: SplitConfig, source: Path) -> None:
+    """Each entry's split by ``cfg.rule``: karpathy keeps the JSON's (restval joining train);
+    coco2014 is the paper's MSCOCO split, train2014 trains and val2014 tests (by the folder an
+    image is in); random draws ``train_share`` of the images to train, the rest to test. Both of
+    those then hold ``val_images`` of the training images out for validation."""
+    if cfg.rule == "karpathy":
+        return
+    if cfg.rule == "coco2014":
+        for entry in images:
+            folder = Path(entry["path"]).parts[0]
+            if folder not in ("train2014", "val2014"):
+                raise DatasetError(f"{source}: image {entry['id']}: data.split.rule coco2014 needs it under "
+                                   f"train2014/ or val2014/, not {entry['path']}")
+            entry["split"] = "train" if folder == "train2014" else "test"
+    else:
+        order = random.Random(cfg.seed).sample(range(len(images)), len(images))
+        n_train = round(cfg.train_share * len(images))
+        for rank, k in enumerate(order):
+            images[k]["split"] = "train" if rank < n_train else "test"
+    training = [e for e in images if e["split"] == "train"]
+    for entry in random.Random(cfg.seed).sample(training, min(cfg.val_images, max(len(training) - 1, 0))):
+        entry["split"] = "val"
 
 
 _IMAGES_OPEN = '"images": ['  # the end of a streamable manifest's first line

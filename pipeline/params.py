@@ -19,7 +19,7 @@ import yaml
 from eval.ablation import AblationConfig
 from eval.config import ReportConfig
 from features.config import ClipConfig, DetectorConfig, KeywordConfig, KnnConfig
-from pipeline.datasets import TextConfig
+from pipeline.datasets import SplitConfig, TextConfig
 from train.config import DecodeConfig, ModelConfig, TrainConfig
 from world.config import WorldConfig
 
@@ -34,6 +34,7 @@ class DataConfig:
     image_root: str = "data/world"  # 'filepath/filename' of each entry is relative to this
     max_images: int = 0  # keep only the first N images (0 = all); for quick trials
     max_caption_chars: int = 1000  # longer captions are left out (with a warning naming the image)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,46 @@ def test_the_manifest_streams_entry_by_entry_and_stays_json(tmp_path):
     by_hand = tmp_path / "by_hand.json"
     by_hand.write_text(json.dumps(manifest, indent=2))  # not the streaming layout: still read
     assert read_manifest(by_hand) == manifest and list(manifest_images(by_hand)) == manifest["images"]
+
+
+def _coco_like(tmp_path, n_train=6, n_val=4):
+    """A Karpathy-form JSON over both COCO folders, with the files present."""
+    entries = [dict(_entry(i, "train" if i < 3 else "test"), filepath=folder, cocoid=100 + i)
+               for i, folder in enumerate(["train2014"] * n_train + ["val2014"] * n_val)]
+    for e in entries:
+        (tmp_path / "images" / e["filepath"]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "images" / e["filepath"] / e["filename"]).write_bytes(b"jpeg")
+    return _karpathy(tmp_path, entries)
+
+
+def test_coco2014_trains_on_train2014_and_tests_on_val2014(tmp_path):
+    from pipeline.datasets import SplitConfig
+
+    split = SplitConfig(rule="coco2014", val_images=2)
+    manifest = build_manifest(_coco_like(tmp_path), tmp_path / "images", TextConfig(), split=split)
+    by_folder = {}
+    for e in manifest["images"]:
+        by_folder.setdefault(e["path"].split("/")[0], []).append(e["split"])
+    assert sorted(by_folder["train2014"]) == ["train"] * 4 + ["val"] * 2 and set(by_folder["val2014"]) == {"test"}
+    assert manifest["split"] == {"rule": "coco2014", "train_share": 0.8, "seed": 0, "val_images": 2}  # recorded
+
+
+def test_random_split_is_seeded_and_keeps_its_share(tmp_path):
+    from pipeline.datasets import SplitConfig
+
+    source = _coco_like(tmp_path, n_train=10, n_val=10)
+    splits = [[e["split"] for e in build_manifest(source, tmp_path / "images", TextConfig(),
+                                                  split=SplitConfig(rule="random", seed=seed, val_images=1))["images"]]
+              for seed in (0, 0, 1)]
+    assert splits[0] == splits[1] != splits[2]
+    assert (splits[0].count("train"), splits[0].count("val"), splits[0].count("test")) == (15, 1, 4)
+
+
+def test_coco2014_names_an_image_outside_both_folders(tmp_path):
+    from pipeline.datasets import SplitConfig
+
+    (tmp_path / "images/x").mkdir(parents=True)
+    (tmp_path / "images/x/0.jpg").write_bytes(b"jpeg")
+    with pytest.raises(DatasetError, match="image 0: data.split.rule coco2014 needs it under train2014/ or val2014/"):
+        build_manifest(_karpathy(tmp_path, [_entry(0)]), tmp_path / "images", TextConfig(),
+                       split=SplitConfig(rule="coco2014"))

@@ -8,7 +8,7 @@ from pipeline.datasets import build_manifest, write_manifest
 def main() -> None:
     params = start()
     manifest = build_manifest(Path(params.data.dataset), Path(params.data.image_root), params.prepare,
-                              params.data.max_images, params.data.max_caption_chars)
+                              params.data.max_images, params.data.max_caption_chars, params.data.split)
     write_manifest(MANIFEST, manifest)
 
 
