@@ -29,11 +29,13 @@ class Variant:
     @property
     def needs(self) -> list[str]:
         """What the data set must offer to train this row (names from ``DATA_OFFERS``)."""
-        return [PHRASE_GROUNDINGS] if self.loss.get("grounding_weight", 0) > 0 else []
+        grounded = [PHRASE_GROUNDINGS] if self.loss.get("grounding_weight", 0) > 0 else []
+        return grounded + ([REGION_CROPS] if self.model.get("region_features", "detector") != "detector" else [])
 
 
 PHRASE_GROUNDINGS = "phrase groundings"  # each caption's phrases tied to boxes (the demo world; Flickr30k Entities)
-DATA_OFFERS = (PHRASE_GROUNDINGS,)
+REGION_CROPS = "region crop embeddings"  # the store's region_clip kind (store.optional_kinds)
+DATA_OFFERS = (PHRASE_GROUNDINGS, REGION_CROPS)
 
 
 _UNGROUNDED = {"grounding_weight": 0.0}  # rows train without the grounding loss unless they say so
@@ -121,12 +123,14 @@ def variant(name: str) -> Variant:
 
 
 def check_variants(names: list[str], offered: set[str], dataset: str) -> None:
-    """Refuse, before any training, a variant that needs what the data set does not offer."""
+    """Refuse, before any training, a variant that needs what the data set (and the store's
+    optional kinds) do not offer."""
     for name in names:
         missing = [need for need in variant(name).needs if need not in offered]
         if missing:
+            how = " (store.optional_kinds: region_clip gives region crop embeddings)" if REGION_CROPS in missing else ""
             raise ValueError(f"ablation.variants: {name!r} needs {', '.join(missing)}, which data set {dataset!r} "
-                             f"does not have; remove it from ablation.variants (rows that need nothing extra: "
+                             f"does not have{how}; remove it from ablation.variants (rows that need nothing extra: "
                              f"{', '.join(n for n in VARIANTS if not VARIANTS[n].needs)})")
 
 

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 KINDS = ("clip_image", "regions", "knn", "clip_text", "region_keywords", "region_clip")
+OPTIONAL_KINDS = ("region_clip",)  # made only when the parameters ask for them (store.optional_kinds)
 _STRING = h5py.string_dtype("utf-8")
 
 

@@ -30,7 +30,7 @@ from pipeline.extract import IMAGE_FEATURES
 from pipeline.model_inputs import text_encoder
 from pipeline.params import Params
 from pipeline.paths import CAPTIONER, keyword_banks
-from pipeline.provenance import expected
+from pipeline.provenance import expected, stored_kinds
 from pipeline.runtime import device_of
 from pipeline.shards import for_each_shard
 from train.data import CachedFeatures, Images, StoreSpec
@@ -61,7 +61,7 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
     {"file", "error"}."""
     model, config = load_captioner(model_dir)
     records = expected(params)
-    for kind in IMAGE_FEATURES:  # the extractors configured now must be those the model was trained on
+    for kind in set(IMAGE_FEATURES) & set(stored_kinds(params)):  # the extractors must be those it was trained on
         check_provenance(model_dir / "config.json", config["features"][kind], records[kind])
     entries = [{"id": f"{i:08d}", "path": str(path.resolve()), "split": "new", "captions": []}
                for i, path in enumerate(paths)]
@@ -72,6 +72,8 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
             keyword_banks(tmp).symlink_to(banks.resolve())
         scratch = dataclasses.replace(params, store=dataclasses.replace(params.store, dir=tmp))
         for kind, factory in IMAGE_FEATURES.items():
+            if kind not in stored_kinds(params):
+                continue  # an optional kind these parameters do not make (nor does the model read it)
             for_each_shard(scratch, manifest, kind, records[kind], factory(scratch, manifest, device))
         spec = StoreSpec(Path(tmp), params.store.shard_size, [e["id"] for e in entries], records,
                          params.store.max_open_shards)

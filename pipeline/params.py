@@ -45,6 +45,9 @@ class StoreConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     on_bad_image: Literal["skip", "fail"] = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
     max_open_shards: int = 16  # readers keep at most this many shards open per kind (LRU)
+    # kinds extracted only when listed (dvc.yaml's `optional` stages): region_clip, a CLIP forward
+    # per region crop (up to 36 per image), which only model.region_features clip | both read
+    optional_kinds: list[Literal["region_clip"]] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         params = build(Params, raw, "params")
     except ParamsError as err:
         raise ParamsError(f"{path}: {err}") from err
+    if params.model.reads_region_clip and "region_clip" not in params.store.optional_kinds:
+        raise ParamsError(f"{path}: model.region_features {params.model.region_features} reads the region crops' CLIP "
+                          "embeddings: add region_clip to store.optional_kinds")
     if params.model.finetune_clip and not params.clip.cache_tokens:
         raise ParamsError(f"{path}: model.finetune_clip needs clip.cache_tokens: true (the tokens entering "
                           "CLIP's last blocks must be in the store)")

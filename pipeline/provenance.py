@@ -6,7 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from features import clip, detection, knn
-from features.store import KINDS
+from features.store import KINDS, OPTIONAL_KINDS
 from pipeline.params import Params
 
 
@@ -24,6 +24,11 @@ def expected(p: Params) -> dict[str, dict[str, Any]]:
     }
     assert set(records) == set(KINDS)
     return records
+
+
+def stored_kinds(p: Params) -> tuple[str, ...]:
+    """The kinds the store holds under these parameters: every kind but the optional ones not asked for."""
+    return tuple(k for k in KINDS if k not in OPTIONAL_KINDS or k in p.store.optional_kinds)
 
 
 BANK_KEYS = ("scene_bank", "scene_bank_size", "min_count", "prompt", "object_bank")

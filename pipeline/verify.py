@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from features.store import KINDS, StoreError, check_shard, open_shard, read_bank, shard_path, shard_slices
+from features.store import StoreError, check_shard, open_shard, read_bank, shard_path, shard_slices
 from pipeline.app import load_manifest, start
 from pipeline.params import Params
 from pipeline.paths import keyword_banks
-from pipeline.provenance import expected, keyword_bank
+from pipeline.provenance import expected, keyword_bank, stored_kinds
 from pipeline.shards import shard_inputs
 
 
@@ -27,7 +27,7 @@ def verify_store(params: Params, manifest: dict[str, Any]) -> tuple[list[str], i
     store, images = Path(params.store.dir), manifest["images"]
     slices = shard_slices(len(images), params.store.shard_size)
     records, problems, checked = expected(params), [], 0
-    for kind in KINDS:
+    for kind in stored_kinds(params):
         for index, part in enumerate(slices):
             try:
                 shard = open_shard(shard_path(store, kind, index), kind, records[kind], [e["id"] for e in images[part]],

@@ -5,7 +5,16 @@ import math
 
 import pytest
 
-from eval.ablation import PHRASE_GROUNDINGS, VARIANTS, check_variants, markdown, summarize, to_csv, variant
+from eval.ablation import (
+    PHRASE_GROUNDINGS,
+    REGION_CROPS,
+    VARIANTS,
+    check_variants,
+    markdown,
+    summarize,
+    to_csv,
+    variant,
+)
 from pipeline.params import load_params
 from pipeline.paths import ABLATION_DATA
 from pipeline.stages.ablation import variant_params
@@ -121,12 +130,14 @@ def test_figures_with_nothing_to_measure_are_written_as_json_null(tmp_path):
 def test_variants_needing_what_the_data_set_lacks_are_refused_before_training(tmp_path, monkeypatch, capsys):
     from pipeline.stages import ablation_check
 
-    grounded = {name for name in VARIANTS if variant(name).needs}
+    grounded = {name for name in VARIANTS if PHRASE_GROUNDINGS in variant(name).needs}
     assert grounded == {"local_detail_grounded", "local_detail_grounded_bins", "local_detail_grounded_top_down"}
     world = {"dataset": "demo_world", "images": [{"split": "train", "extra": {"objects": []}}, {"split": "test"}]}
     coco = {"dataset": "coco", "images": [{"split": "train", "extra": {}}, {"split": "train"}]}
     assert ablation_check.data_offers(world) == {PHRASE_GROUNDINGS} and ablation_check.data_offers(coco) == set()
-    check_variants(["gat_msg", "local_detail_grounded"], {PHRASE_GROUNDINGS}, "demo_world")  # allowed
+    check_variants(["gat_msg", "local_detail_grounded"], {PHRASE_GROUNDINGS, REGION_CROPS}, "demo_world")  # allowed
+    with pytest.raises(ValueError, match="'local_detail' needs region crop embeddings.*store.optional_kinds"):
+        check_variants(["local_detail"], {PHRASE_GROUNDINGS}, "demo_world")  # its regions: detector and crop features
     with pytest.raises(ValueError, match="'local_detail_grounded' needs phrase groundings.*'coco'"):
         check_variants(["gat_msg", "local_detail_grounded", "baseline"], set(), "coco")
     check_variants(load_params(ROOT / "presets/paper.yaml").ablation.variants, set(), "coco")  # the paper's rows: none

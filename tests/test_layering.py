@@ -105,10 +105,25 @@ def test_no_import_circle():
             visit(module, [])
 
 
+def _specs(name: str):
+    """(stage name, spec) of a pipeline file, a ``foreach`` stage expanded over the demo params."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for stage, spec in yaml.safe_load((ROOT / name).read_text())["stages"].items():
+        if "foreach" not in spec:
+            yield stage, spec
+            continue
+        keys = re.fullmatch(r"\$\{([\w.]+)\}", spec["foreach"])[1].split(".")
+        items = params
+        for key in keys:
+            items = items[key]
+        for item in items:
+            yield f"{stage}@{item}", yaml.safe_load(yaml.safe_dump(spec["do"]).replace("${item}", item))
+
+
 def _stages():
     """(pipeline file, stage name, module its cmd runs, its deps) of every stage."""
     for name in PIPELINES:
-        for stage, spec in yaml.safe_load((ROOT / name).read_text())["stages"].items():
+        for stage, spec in _specs(name):
             match = re.match(r"python -m ([\w.]+)", spec["cmd"])
             assert match, f"{name}: stage {stage}: cmd {spec['cmd']!r} is not `python -m <module>`"
             yield name, stage, match[1], [d for d in spec.get("deps", []) if "${" not in d]
@@ -124,7 +139,7 @@ def test_a_stage_depends_on_every_file_of_ours_it_runs(pipeline, stage, module, 
 def test_the_paths_module_and_the_pipelines_name_the_same_files():
     listed = set()
     for name in PIPELINES:
-        for spec in yaml.safe_load((ROOT / name).read_text())["stages"].values():
+        for _, spec in _specs(name):
             for entry in spec.get("deps", []) + spec.get("outs", []) + spec.get("metrics", []):
                 listed.add(next(iter(entry)) if isinstance(entry, dict) else entry)
     named = {str(v) for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)}

@@ -3,7 +3,7 @@ ablation.variants is checked against the data set, and one that needs what it la
 row: phrase groundings) is refused at once, naming it. Writes what the data set offers to
 results/ablation_data.json, which every cell depends on, so the check always runs first."""
 
-from eval.ablation import PHRASE_GROUNDINGS, check_variants
+from eval.ablation import PHRASE_GROUNDINGS, REGION_CROPS, check_variants
 from pipeline.app import load_manifest, run_main, start, write_json
 from pipeline.paths import ABLATION_DATA
 from pipeline.training import has_groundings
@@ -17,7 +17,7 @@ def data_offers(manifest: dict) -> set[str]:
 
 def main() -> None:
     params, manifest = start(), load_manifest()
-    offered = data_offers(manifest)
+    offered = data_offers(manifest) | ({REGION_CROPS} if "region_clip" in params.store.optional_kinds else set())
     try:
         check_variants(params.ablation.variants, offered, manifest["dataset"])
     except ValueError as err:
