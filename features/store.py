@@ -35,10 +35,10 @@ rows hold NaN, never a made-up feature, and readers refuse to serve them; the re
 ``rejects`` attribute (JSON list of {id, file, reason}). Keyword banks live in
 ``<store>/keywords.h5`` (see :func:`write_bank`).
 
-Ragged regions are stored padded to N_max with a count rather than flat with offsets: with
-N_max = 36 and one image per HDF5 chunk, a training batch reads one contiguous chunk per image
-either way, the padding of zeros compresses away when compression is on, and the padded layout
-keeps every row addressable without an offsets table (the README has the measured sizes).
+Ragged regions are stored padded to N_max with a count rather than flat with offsets: a batch
+reads one contiguous row per image either way, and the padded layout keeps every row addressable
+without an offsets table. Datasets are written contiguous and uncompressed, so the padding is
+stored as zeros (docs/features.md has the measured sizes).
 """
 from __future__ import annotations
 
