@@ -7,6 +7,7 @@ WORLD = Path("data/world")  # the demo world: images/ and dataset.json
 MANIFEST = Path("data/manifest.json")
 
 CAPTIONER = Path("models/captioner")  # the trained model (best epoch)
+RELEASE = Path("models/release")  # the same model with its model card (README.md): Hub-style
 CHECKPOINT = Path("models/checkpoint.pt")  # the last epoch's full training state, for resuming (not a DVC output)
 TRAINING_LOG = Path("dvclive")
 TRAIN_SCORES = Path("results/train.json")

@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 DVC = Path(sys.executable).parent / "dvc"
 MAIN_JOB = {"world", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords", "optional@region_clip", "train",
-            "evaluate", "report"}
+            "evaluate", "report", "release"}
 
 
 def _project_files() -> list[str]:
@@ -116,6 +116,33 @@ def test_repro_runs_every_stage_and_writes_metrics(project):
     assert page.count("<section") == 6 and len(list((project / "results/report/images").glob("*.png"))) == 6
 
 
+def test_the_release_loads_offline_and_captions_as_evaluate_did(project, monkeypatch):
+    """models/release: the model with its model card; Captioner.from_pretrained reads it (no
+    network) and decodes the test images as the evaluate stage did."""
+    import torch
+
+    from pipeline.app import load_manifest
+    from pipeline.evaluation import scorable
+    from pipeline.model_inputs import open_features, split_indices
+    from pipeline.params import load_params
+    from train.data import Images
+    from train.decode import caption_images
+    from train.model import Captioner
+
+    monkeypatch.chdir(project)
+    card = (project / "models/release/README.md").read_text()
+    metrics = json.loads((project / "results/metrics.json").read_text())
+    assert "library_name: graphcap" in card and f"| CIDEr | {metrics['CIDEr']:.4f} |" in card
+    params = load_params(project / "params.yaml")
+    model = Captioner.from_pretrained(project / "models/release")
+    manifest = load_manifest()
+    features = open_features(params, manifest, with_region_clip=model.cfg.reads_region_clip)
+    images = Images(features, split_indices(manifest, params.evaluate.split, features))
+    captions = caption_images(model, images, params.evaluate.decode, params.evaluate.batch_size, torch.device("cpu"))
+    evaluated = json.loads((project / "results/captions.json").read_text())
+    assert [scorable(c) for c in captions] == [r["caption"] for r in evaluated]
+
+
 def _load_coco_results(path, captions):
     """The result file loads with pycocotools against ground truth of the same images, as COCO's
     own evaluation code does, and says what captions.json says."""
@@ -186,9 +213,9 @@ def test_pushed_features_pulled_into_a_clone_need_no_recompute(project, tmp_path
 
 def test_parameters_rerun_only_what_depends_on_them(project):
     _set(project, {"train.lr": 0.002})
-    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate", "report"}
+    assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate", "report", "release"}
     _set(project, {"knn.k": 3})
-    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate", "report"}
+    assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate", "report", "release"}
 
 
 def test_studies_run_apart_and_rerun_only_new_cells(project):

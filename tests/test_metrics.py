@@ -62,3 +62,15 @@ def test_a_scored_caption_never_holds_the_number_token():
     from pipeline.evaluation import scorable
 
     assert scorable("two <num> dogs on a bench") == "two dogs on a bench"
+
+
+def test_the_model_card_holds_the_test_metrics_and_the_features_it_expects():
+    from eval.model_card import model_card
+
+    config = {"dataset": "coco", "model": {"mapping": "mlp"}, "dims": {"region": 1024},
+              "features": {"clip_image": {"clip.activation": "quick_gelu"}}}
+    card = model_card(config, {"CIDEr": 1.1234, "BLEU-4": 0.3, "SPICE": "unavailable", "split": "test",
+                               "n_images": 5000, "decode": "hybrid"}, {"lr": 1e-4})
+    assert card.startswith("---\nlibrary_name: graphcap") and "datasets: [coco]" in card
+    assert "| CIDEr | 1.1234 |" in card and "| BLEU-4 | 0.3000 |" in card and "SPICE |" not in card
+    assert '"clip.activation": "quick_gelu"' in card and '"lr": 0.0001' in card

@@ -222,6 +222,19 @@ class Captioner(nn.Module):
         weights = out.attentions[-1][:, :, p:, :p] if return_attention else None
         return out.logits[:, p - 1:-1], weights  # position t predicts token t
 
+    @classmethod
+    def from_pretrained(cls, name_or_folder: str | Path, revision: str | None = None) -> "Captioner":
+        """As transformers' ``from_pretrained``: a model folder written by :meth:`save` at a local
+        path, or a Hugging Face Hub repository holding one (downloaded into the hub cache once;
+        offline, a cached one is read). The features it is given must match its config.json's
+        ``features`` provenance (the pipeline checks that)."""
+        folder = Path(name_or_folder)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(name_or_folder), revision=revision))
+        return load_captioner(folder)[0]
+
     def save(self, folder: Path, extra: dict | None = None) -> None:
         """One self-describing folder: config.json, weights.safetensors, gpt2/ (with tokenizer).
         Written beside the target and swapped in, so the folder is always a complete model."""
@@ -287,6 +300,16 @@ def load_gpt2(name_or_folder: str) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
     if config.activation_function == "gelu_new":  # GPT-2's tanh-approximate GELU: the same function as one
         config.activation_function = "gelu_pytorch_tanh"  # fused kernel instead of five ops (~8% of a CPU step)
     return GPT2LMHeadModel.from_pretrained(name_or_folder, config=config), tokenizer
+
+
+def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload a model folder (models/release: the model and its README.md model card) to a Hub
+    repository, created if missing; needs a network and a write token. Returns the commit's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder)).commit_url
 
 
 def load_captioner(folder: Path) -> tuple[Captioner, dict]:
