@@ -38,8 +38,8 @@ from pipeline.paper_check import copy_project  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results"
 COCO_IMAGES, COCO_HELD_OUT = 123_287, 5_000  # Karpathy splits: 5,000 val and 5,000 test images
-MAIN_JOB = ("prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords", "region_clip",
-            "train", "evaluate", "report")
+MAIN_JOB = ("weights", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords", "region_clip",
+            "train", "evaluate", "report", "release")
 STAGE = {"region_clip": "optional@region_clip"}  # a step's DVC stage, where the names differ
 DISK = ("workspace", "dvc_cache", "remote", "images", "features")  # bytes on disk after the run, by place
 GIT = ["git", "-c", "user.name=scale", "-c", "user.email=scale@example.invalid"]

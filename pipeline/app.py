@@ -15,6 +15,7 @@ from pipeline import runtime
 from pipeline.datasets import read_manifest
 from pipeline.params import Params, load_params
 from pipeline.paths import MANIFEST
+from pipeline.weights import localise
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,13 @@ def run_main(main: Callable[[], None]) -> None:
         sys.exit(f"stage {Path(sys.argv[0]).stem}: {type(err).__name__}: {err}")  # argv[0]: the stage's file
 
 
-def start(params_file: Path = Path("params.yaml")) -> Params:
+def start(params_file: Path = Path("params.yaml"), localised: bool = True) -> Params:
     """Parse params.yaml (fails on any bad key before work starts) and set up the process; the
-    model hubs stay offline unless a weight is named by a hub tag rather than a local path."""
+    pretrained inputs are read from the weights stage's copies (``localised``), and the model hubs
+    stay offline unless a weight is still named by a hub tag rather than a local path."""
     params = load_params(params_file)
+    if localised:
+        params = localise(params)
     specs = (params.clip.pretrained, params.model.gpt2)
     runtime.setup(hub_wanted=not all(runtime.is_local(s) for s in specs))
     return params

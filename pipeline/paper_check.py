@@ -132,9 +132,9 @@ def check(project: Path, sample: Path, keep: bool) -> dict:
     started = time.perf_counter()
     copy_project(project)
     captions = write_dataset(sample, project / "data/real_sample")
-    write_params(project, build_weights(project / "weights", captions), project / "data/real_sample")
+    write_params(project, build_weights(project / "pretrained", captions), project / "data/real_sample")
     git = ["git", "-c", "user.name=paper-check", "-c", "user.email=paper-check@example.invalid"]
-    for command in (["init", "-q"], ["add", "-A", "--", ".", ":!weights", ":!data"], ["commit", "-qm", "paper check"]):
+    for command in (["init", "-q"], ["add", "-A", "--", ".", ":!pretrained", ":!data"], ["commit", "-qm", "paper check"]):
         subprocess.run(git + command, cwd=project, check=True)  # dvclive wants a commit
     prepared = time.perf_counter() - started
     stages = run_repro(project, project / "repro.log")

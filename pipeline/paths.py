@@ -3,6 +3,7 @@ the code names them. dvc.yaml, data/dvc.yaml and studies/dvc.yaml list the same 
 and outs (DVC needs them written there); tests/test_layering.py checks that the two agree."""
 from pathlib import Path
 
+WEIGHTS = Path("weights")  # every pretrained input, resolved by the weights stage (sources: e.g. pretrained/)
 WORLD = Path("data/world")  # the demo world: images/ and dataset.json
 MANIFEST = Path("data/manifest.json")
 

@@ -15,8 +15,8 @@ import yaml
 from tests.conftest import ROOT
 
 DVC = Path(sys.executable).parent / "dvc"
-MAIN_JOB = {"world", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords", "optional@region_clip", "train",
-            "evaluate", "report", "release"}
+MAIN_JOB = {"world", "weights", "prepare", "clip_image", "regions", "clip_text", "knn", "region_keywords",
+            "optional@region_clip", "train", "evaluate", "report", "release"}
 
 
 def _project_files() -> list[str]:

@@ -1,0 +1,17 @@
+"""Stage `weights`: every pretrained input the parameters name (CLIP, the detector, GPT-2 and its
+tokenizer), from a local file or folder or the hub's local cache, → weights/ (pipeline/weights.py).
+Offline with a hub name that is not cached, it stops with one line saying what is missing and how
+to get it."""
+from features.clip import clip_activation
+from pipeline.app import run_main, start
+from pipeline.weights import copy_into, resolve, sources
+
+
+def main() -> None:
+    params = start(localised=False)  # the sources as params.yaml gives them
+    record = {"sources": sources(params), "clip_activation": clip_activation(params.clip)}
+    copy_into(resolve(params), record)
+
+
+if __name__ == "__main__":
+    run_main(main)
