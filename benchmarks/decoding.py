@@ -44,7 +44,7 @@ def main() -> None:
     indices = split_indices(manifest, params.evaluate.split, features, args.images)
     dataset = Images(features, indices)
     images = manifest["images"]
-    references = {images[i]["id"]: images[i]["captions"] for i in indices}
+    references = {images[i]["id"]: images[i]["raw"] for i in indices}  # as evaluate scores: raw, PTB-tokenized
     base = params.evaluate.decode
     rows = {}
     for method in ("beam", "hybrid", "greedy"):
