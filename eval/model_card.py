@@ -58,7 +58,8 @@ Features made by other extractors or settings are refused by name. Its provenanc
 ## Captioning with it
 
 ```bash
-graphcap-caption photo.jpg --model <this folder>   # with params.yaml's clip and regions as above
+graphcap-caption photo.jpg --model <this folder>   # in a graphcap project whose params.yaml has the
+                                                   # clip and regions above, after `dvc repro weights`
 ```
 
 ```python

@@ -61,7 +61,8 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
     {"file", "error"}."""
     model, config = load_captioner(model_dir)
     records = expected(params)
-    for kind in set(IMAGE_FEATURES) & set(stored_kinds(params)):  # the extractors must be those it was trained on
+    wanted = set(stored_kinds(params)) | ({"region_clip"} if model.cfg.reads_region_clip else set())
+    for kind in set(IMAGE_FEATURES) & wanted:  # the extractors configured now must be those it was trained on
         check_provenance(model_dir / "config.json", config["features"][kind], records[kind])
     entries = [{"id": f"{i:08d}", "path": str(path.resolve()), "split": "new", "captions": []}
                for i, path in enumerate(paths)]
@@ -72,8 +73,8 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
             keyword_banks(tmp).symlink_to(banks.resolve())
         scratch = dataclasses.replace(params, store=dataclasses.replace(params.store, dir=tmp))
         for kind, factory in IMAGE_FEATURES.items():
-            if kind not in stored_kinds(params):
-                continue  # an optional kind these parameters do not make (nor does the model read it)
+            if kind not in wanted:
+                continue  # an optional kind neither these parameters nor the model ask for
             for_each_shard(scratch, manifest, kind, records[kind], factory(scratch, manifest, device))
         spec = StoreSpec(Path(tmp), params.store.shard_size, [e["id"] for e in entries], records,
                          params.store.max_open_shards)

@@ -64,6 +64,12 @@ class DatasetError(ValueError):
     """A data-set file or entry that cannot be used; the message names it."""
 
 
+def scorable(caption: str) -> str:
+    """A decoded caption as it is scored (evaluation and validation): without the number token (a
+    number the model could not name; the raw references have none)."""
+    return " ".join(word for word in caption.split() if word != NUMBER_TOKEN)
+
+
 def _entry_id(entry: dict[str, Any], position: int, source: Path) -> str:
     for key in ("cocoid", "imgid"):
         if key in entry:

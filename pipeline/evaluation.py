@@ -16,7 +16,7 @@ from eval.world_truth import world_scores
 from features.detection import load_class_names
 from features.store import check_provenance
 from pipeline.app import write_json
-from pipeline.datasets import NUMBER_TOKEN
+from pipeline.datasets import scorable
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
 from pipeline.provenance import expected
@@ -80,12 +80,6 @@ def coco_results(records: list[dict]) -> list[dict]:
     read: ``[{"image_id": int, "caption": str}]``, the COCO id where the data set has one (a
     numeric id), else the manifest's id as it is."""
     return [{"image_id": int(r["id"]) if r["id"].isdigit() else r["id"], "caption": r["caption"]} for r in records]
-
-
-def scorable(caption: str) -> str:
-    """A decoded caption as it is scored: without the number token (a number the model could not
-    name; the references are raw text and have none)."""
-    return " ".join(word for word in caption.split() if word != NUMBER_TOKEN)
 
 
 def detections(params: Params, features: CachedFeatures, indices: list[int]) -> list[Detections]:

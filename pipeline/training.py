@@ -17,7 +17,7 @@ from features.clip import ClipTail, load_clip, tail_spec
 from features.keywords import selectable_keywords
 from features.store import read_bank
 from pipeline.app import load_manifest
-from pipeline.datasets import manifest_images
+from pipeline.datasets import manifest_images, scorable
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
 from pipeline.paths import keyword_banks
@@ -79,7 +79,7 @@ def train_captioner(params: Params, manifest_file: Path, out: Path, live_dir: Pa
 
     def scorer(m: Captioner) -> dict[str, float]:
         captions = caption_images(m, val_set, greedy, params.train.batch_size, device)
-        return {"CIDEr_greedy": cider(references, {images[i]["id"]: c for i, c in zip(val_idx, captions)})}
+        return {"CIDEr_greedy": cider(references, {images[i]["id"]: scorable(c) for i, c in zip(val_idx, captions)})}
 
     # a checkpoint is resumed only by a run of the same configuration and code on the same data
     code = [path.read_text() for path in sorted(Path(train_package.__file__).parent.glob("*.py"))]

@@ -34,6 +34,11 @@ def sources(params: Params) -> dict[str, str]:
     return named
 
 
+def clip_settings(params: Params) -> dict[str, str]:
+    """The CLIP keys besides its sources that decide what a copy stands for."""
+    return {"model": params.clip.model, "config_file": params.clip.config_file, "activation": params.clip.activation}
+
+
 def resolve(params: Params) -> dict[str, Path]:
     """name → a local file or folder holding it; raises :class:`MissingWeights` naming what is
     missing and how to get it."""
@@ -43,6 +48,8 @@ def resolve(params: Params) -> dict[str, Path]:
             raise MissingWeights(f"{_KEYS[name]}: {spec} lies in {WEIGHTS}/, which the weights stage rewrites: "
                                  "keep the sources elsewhere (e.g. pretrained/)")
         if spec and Path(spec).exists():
+            if name in ("clip", "detector") and not Path(spec).is_file():
+                raise MissingWeights(f"{_KEYS[name]}: {spec} is a folder; name the weights file in it")
             found[name] = Path(spec)
         elif name == "clip":
             found[name] = _cached_clip(params.clip.model, spec)
@@ -61,9 +68,13 @@ def _cached_clip(model: str, tag: str) -> Path:
     import open_clip
     from huggingface_hub import hf_hub_download
 
-    hub = open_clip.get_pretrained_cfg(model, tag).get("hf_hub", "")
+    tagged = open_clip.get_pretrained_cfg(model, tag)
+    hub = tagged.get("hf_hub", "")
     if not hub:
         raise MissingWeights(f"clip.pretrained: {tag!r} is neither a local file nor an open_clip tag of {model}")
+    if _preprocessing(tagged) != _preprocessing({}):  # a copy is loaded as a file, with the model's defaults
+        raise MissingWeights(f"clip.pretrained: tag {tag!r} preprocesses images its own way, which a local copy would "
+                             "not: not supported by the weights stage yet")
     repo, filename = os.path.split(hub.rstrip("/")) if hub.rstrip("/").count("/") > 1 else (hub.rstrip("/"), "")
     for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin") if not filename else (filename,):
         try:
@@ -71,7 +82,7 @@ def _cached_clip(model: str, tag: str) -> Path:
         except Exception:  # not in the cache under this name  # noqa: BLE001
             continue
     raise MissingWeights(f"clip.pretrained: {tag!r} ({model}) is not in the hub's local cache; on a machine with a "
-                         f"network run `huggingface-cli download {repo}` (or give a local weights file)")
+                         f"network run `hf download {repo}` (or give a local weights file)")
 
 
 def _cached_repo(name: str, key: str) -> Path:
@@ -81,7 +92,7 @@ def _cached_repo(name: str, key: str) -> Path:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception as err:  # LocalEntryNotFoundError, or a name that is not a repository id  # noqa: BLE001
         raise MissingWeights(f"{key}: {name!r} is not a local folder nor in the hub's local cache; on a machine "
-                             f"with a network run `huggingface-cli download {name}` (or give a local folder)") from err
+                             f"with a network run `hf download {name}` (or give a local folder)") from err
 
 
 def copy_into(found: dict[str, Path], record: dict, folder: Path = WEIGHTS) -> None:
@@ -93,21 +104,45 @@ def copy_into(found: dict[str, Path], record: dict, folder: Path = WEIGHTS) -> N
     for name, path in found.items():
         target = tmp / name
         if path.is_dir():
-            shutil.copytree(path, target, copy_function=_link_or_copy)
+            shutil.copytree(path, target, copy_function=_copy, ignore=_not_loaded)
         else:
             target.mkdir()
-            _link_or_copy(str(path), str(target / path.name))
+            _copy(str(path), str(target / path.name))
     (tmp / "sources.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
-def _link_or_copy(source: str, target: str) -> None:
-    source = os.path.realpath(source)  # the hub cache's snapshot files are symlinks to blobs
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+def _copy(source: str, target: str) -> None:
+    """A copy: DVC may hard-link its cache to the copy and make it read-only, which must not reach
+    a source that is rewritten in place (retrained demo encoders, a new torch.save). Files of the
+    hub's cache, which the hub never rewrites, are hard-linked where the file system allows."""
+    real = os.path.realpath(source)  # the hub cache's snapshot files are symlinks to blobs
+    if real != os.path.abspath(source):
+        try:
+            os.link(real, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(real, target)
+
+
+# what a hub repository may hold that neither transformers nor open_clip load here (other frameworks)
+_OTHER_FORMATS = ("*.h5", "*.msgpack", "*.ot", "*.tflite", "*.onnx", "onnx", "*.mlmodel", "coreml", ".gitattributes")
+
+
+def _not_loaded(folder: str, names: list[str]) -> set[str]:
+    ignored = shutil.ignore_patterns(*_OTHER_FORMATS)(folder, names)
+    if any(n.endswith(".safetensors") for n in names):  # the safetensors weights are loaded: no pickled twin
+        ignored |= {n for n in names if n.endswith(".bin") and n.startswith("pytorch_model")}
+    return ignored
+
+
+def _preprocessing(tagged: dict) -> tuple:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return (tuple(tagged.get("mean", OPENAI_DATASET_MEAN)), tuple(tagged.get("std", OPENAI_DATASET_STD)),
+            tagged.get("interpolation", "bicubic"), tagged.get("resize_mode", "shortest"))
 
 
 def localise(params: Params, folder: Path = WEIGHTS) -> Params:
@@ -116,7 +151,7 @@ def localise(params: Params, folder: Path = WEIGHTS) -> Params:
     pipeline, or a source changed since: DVC reruns the weights stage first)."""
     path = folder / "sources.json"
     record = json.loads(path.read_text()) if path.exists() else {}
-    if record.get("sources") != sources(params):
+    if record.get("sources") != sources(params) or record.get("clip") != clip_settings(params):
         return params
     clip_file = next((folder / "clip").iterdir())  # a tag's activation, resolved when the tag was known:
     clip = dataclasses.replace(params.clip, pretrained=str(clip_file), activation=record["clip_activation"],

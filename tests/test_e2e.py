@@ -122,7 +122,7 @@ def test_the_release_loads_offline_and_captions_as_evaluate_did(project, monkeyp
     import torch
 
     from pipeline.app import load_manifest
-    from pipeline.evaluation import scorable
+    from pipeline.datasets import scorable
     from pipeline.model_inputs import open_features, split_indices
     from pipeline.params import load_params
     from train.data import Images

@@ -63,14 +63,16 @@ def test_offline_a_name_not_in_the_cache_stops_the_stage_with_one_line(tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         "stage weights: MissingWeights: model.gpt2: 'gpt2' is not a local folder nor in the hub's local cache")
-    assert "huggingface-cli download gpt2" in done.stderr and not (project / "weights").exists()
+    assert "hf download gpt2" in done.stderr and not (project / "weights").exists()
 
 
 def test_the_papers_clip_tag_not_cached_is_named_with_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))  # read at call time
     params = load_params(ROOT / "presets/paper.yaml")
     with pytest.raises(MissingWeights, match=r"clip.pretrained: 'openai' \(ViT-B-32\) is not in the hub's local "
-                                             r"cache.*huggingface-cli download timm/vit_base_patch32_clip_224.openai"):
+                                             r"cache.*hf download timm/vit_base_patch32_clip_224.openai"):
         resolve(params)
 
 

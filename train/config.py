@@ -57,7 +57,8 @@ class ModelConfig:
     region_features: Literal["detector", "clip", "both"] = "detector"  # detector (the paper) | clip (each crop's CLIP embedding) | both (side by side)
     prefix_regions: Literal["mean", "tokens"] = "mean"  # mean (the paper: pooled into f_fused only) | tokens (+ one prefix token per region)
     region_tokens: int = 10  # tokens: regions given their own token (the rest are left out)
-    region_order: Literal["score", "position"] = "score"  # tokens: score (the detector's order) | position (left to right, then top down)
+    region_order: Literal["score", "position", "top_down"] = "score"  # tokens: score (the detector's order) | position
+    #                                    (left to right, then top down) | top_down
     region_token_skip: bool = False  # tokens: each token also reads its region's own feature beside the GAT's output
     spatial_directions: int = 0  # tokens: each token adds the image's other region tokens, summed per direction (N)
     spatial_context: Literal["gates", "bins"] = "gates"  # gates (N learned gates of the relative box) | bins (N fixed angle sectors)

@@ -4,12 +4,12 @@ Offline with a hub name that is not cached, it stops with one line saying what i
 to get it."""
 from features.clip import clip_activation
 from pipeline.app import run_main, start
-from pipeline.weights import copy_into, resolve, sources
+from pipeline.weights import clip_settings, copy_into, resolve, sources
 
 
 def main() -> None:
     params = start(localised=False)  # the sources as params.yaml gives them
-    record = {"sources": sources(params), "clip_activation": clip_activation(params.clip)}
+    record = {"sources": sources(params), "clip": clip_settings(params), "clip_activation": clip_activation(params.clip)}
     copy_into(resolve(params), record)
 
 
