@@ -22,7 +22,8 @@ def paper_project(tmp_path_factory):
     save_file(open_clip.create_model("ViT-B-32").state_dict(), str(project / "vit-b-32.safetensors"))
     torch.save(fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), project / "r50fpn.pth")
     params = yaml.safe_load((ROOT / "presets/paper.yaml").read_text())
-    params["world"] = {"n_train": 1, "n_val": 0, "n_test": 1}  # a real data set's preset has no world section
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())  # a real data set's preset has no world section
+    params["world"] = {**demo["world"], "n_train": 1, "n_val": 0, "n_test": 1}
     params["data"].update(dataset="data/world/dataset.json", image_root="data/world")
     params["store"].update(num_workers=0, shard_size=1)
     params["clip"].update(pretrained=str(project / "vit-b-32.safetensors"), cache_tokens=True)
