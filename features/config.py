@@ -4,11 +4,17 @@ under the section named in each class. ``identity()`` is what a produced feature
 provenance, completed with the producing code's version in :mod:`pipeline.provenance`)."""
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from features.weights import weights_identity
+
+
+def choices(cls: type, name: str) -> tuple:
+    """The values a config field's ``Literal`` type allows: the one list, spelled in the class."""
+    return typing.get_args(typing.get_type_hints(cls)[name])
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from features.config import KnnConfig
+from features.config import KnnConfig, choices
 
 VERSION = 1  # bump when a change here changes the graphs produced (recorded in provenance)
-METRICS = ("cosine", "center", "both")
-BACKENDS = ("torch", "faiss")
+METRICS = choices(KnnConfig, "metric")
+BACKENDS = choices(KnnConfig, "backend")
 
 
 def _points(features: np.ndarray, boxes: np.ndarray, sizes: np.ndarray, metric: str) -> np.ndarray:

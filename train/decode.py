@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from features.config import choices
 from train.config import DecodeConfig
 from train.data import collate
 from train.model import Captioner
 
-METHODS = ("greedy", "beam", "hybrid")
-RERANKERS = ("none", "clip", "coverage")
+METHODS = choices(DecodeConfig, "method")
+RERANKERS = choices(DecodeConfig, "rerank")
 # texts → their CLIP text embeddings (n, d): the pipeline's frozen text tower
 TextEncoder = Callable[[list[str]], np.ndarray]
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from features.config import choices
+from train.config import ModelConfig
+
 
 class MLPMapper(nn.Module):
     """Linear → Tanh → Linear to L_p × h (ClipCap's MLP; hidden = L_p·h/2 unless given)."""
@@ -39,4 +42,4 @@ class TransformerMapper(nn.Module):
         return self.encoder(torch.cat([tokens, constants], dim=1))[:, self.clip_length:]  # (B, L_p, h)
 
 
-MAPPERS = ("mlp", "transformer")
+MAPPERS = choices(ModelConfig, "mapping")

@@ -18,6 +18,7 @@ from torch_geometric.utils import scatter
 from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from features.clip import ClipTail, build_tail
+from features.config import choices
 from train.config import ModelConfig
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
@@ -54,10 +55,10 @@ class Prefix:
     region_slots: torch.Tensor | None = None  # (B, slots) region tokens: the node in each slot (-1: empty)
 
 
-CONDITIONS = ("image", "keywords")
-PREFIX_REGIONS = ("mean", "tokens")
-REGION_FEATURES = ("detector", "clip", "both")
-SPATIAL_TOKEN_ORDERS = ("same", "top_down")
+CONDITIONS = choices(ModelConfig, "condition")
+PREFIX_REGIONS = choices(ModelConfig, "prefix_regions")
+REGION_FEATURES = choices(ModelConfig, "region_features")
+SPATIAL_TOKEN_ORDERS = choices(ModelConfig, "spatial_token_order")
 
 
 class Captioner(nn.Module):

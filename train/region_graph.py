@@ -25,10 +25,13 @@ import math
 import torch
 from torch import nn
 
+from features.config import choices
+from train.config import ModelConfig
+
 GEOMETRY = 5  # cx, cy, w, h, area — all as fractions of the image
 EDGE_GEOMETRY = 4  # dx, dy, log width ratio, log height ratio (edge_geometry's columns)
 FREQUENCIES = (1, 2, 4, 8, 16)  # of the box embedding's sinusoids, in cycles per image
-ORDERS = ("score", "position", "top_down")
+ORDERS = choices(ModelConfig, "region_order")
 
 
 def box_geometry(boxes: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
@@ -131,7 +134,7 @@ class RegionTokens(nn.Module):
         return torch.where((table >= 0)[..., None], tokens, self.empty.expand_as(tokens))
 
 
-SPATIAL_MODES = ("gates", "bins")
+SPATIAL_MODES = choices(ModelConfig, "spatial_context")
 
 
 class SpatialContext(nn.Module):
