@@ -41,10 +41,11 @@ DATA_OFFERS = (PHRASE_GROUNDINGS, REGION_CROPS)
 _UNGROUNDED = {"grounding_weight": 0.0}  # rows train without the grounding loss unless they say so
 # every row states the region handling it uses, so rows stay what their label says whatever the
 # main model in params.yaml uses
-_PAPER = {"region_features": "detector", "prefix_regions": "mean", "region_token_skip": False, "box_embedding": False,
-          "edge_geometry": False, "spatial_directions": 0, "spatial_context": "gates", "spatial_tokens": False,
+_PAPER = {"region_features": "detector", "local_text": "keywords", "prefix_regions": "mean", "region_token_skip": False,
+          "box_embedding": False, "edge_geometry": False, "spatial_directions": 0, "spatial_context": "gates", "spatial_tokens": False,
           "spatial_token_order": "same"}
-_PLAIN = {**_PAPER, "regions": False, "gat": False, "global_guidance": False, "local_guidance": False}
+_PLAIN = {**_PAPER, "regions": False, "region_adapter": False, "gat": False, "global_guidance": False,
+          "local_guidance": False}
 _SWITCHES = {name: {**_PAPER, "gat": gat, "global_guidance": g, "local_guidance": loc} for name, gat, g, loc in (
     ("baseline", False, False, False), ("gat", True, False, False), ("gat_global", True, True, False),
     ("gat_local", True, False, True), ("gat_msg", True, True, True))}
@@ -70,6 +71,9 @@ VARIANTS: dict[str, Variant] = {
         ("baseline", "Baseline: CLIP + regions + GPT-2"), ("gat", "+ GAT-LFE"),
         ("gat_global", "+ GAT-LFE + global guidance"), ("gat_local", "+ GAT-LFE + local guidance"),
         ("gat_msg", "+ GAT-LFE + MSG (full model)"))},
+    # eq. 12's other reading: f_local_text from the object keywords nearest the GAT's nodes
+    "gat_msg_graph": Variant("+ GAT-LFE + MSG, local keywords from the graph's nodes",
+                             {**_SWITCHES["gat_msg"], "local_text": "graph"}, knn=_FEATURE_KNN),
     "local_detail": Variant("Local detail: region tokens + box geometry + CLIP-crop features", _LOCAL, knn=_FEATURE_KNN),
     **{name: Variant(label, {**_LOCAL, **switches}, knn=knn) for name, label, switches, knn in (
         ("local_detail_mean", "Local detail, regions mean-pooled (no tokens)", {"prefix_regions": "mean"}, _FEATURE_KNN),

@@ -26,7 +26,7 @@ class Explanation:
     node_attention: np.ndarray  # (n,) attention each region receives in the last GAT layer (mean over heads)
     edges: list[tuple[int, int, float]]  # (source, target, attention), self-loops left out
     scene: list[tuple[str, float]]  # top global keywords with their softmax weight
-    local: list[tuple[str, float]]  # the image's region keywords with their pooling weight
+    local: list[tuple[str, float]]  # the image's region keywords with their pooling weight (graph: the nodes' attention)
     gate: float | None  # mean local gate activation (None without local guidance)
 
 
@@ -61,17 +61,29 @@ def explain(model: Captioner, batch: dict[str, torch.Tensor], scene_words: list[
             if first <= t < first + n and s != t:
                 received[t - first] += a
                 edges.append((s - first, t - first, a))
-        scene = []
-        if prefix.scene_attention is not None:
-            weights, ids = prefix.scene_attention[b].topk(min(top, len(scene_words)))
-            scene = [(scene_words[i], float(w)) for w, i in zip(weights.tolist(), ids.tolist())]
-        local: dict[str, float] = {}
-        for i, w in zip(batch["keyword_ids"][b].flatten().tolist(), batch["keyword_scores"][b].flatten().tolist()):
-            if i >= 0:
-                local[object_words[i]] = local.get(object_words[i], 0.0) + max(w, 0.0)
+        scene = _top_words(prefix.scene_attention[b], scene_words, top) if prefix.scene_attention is not None else []
+        if prefix.local_attention is not None:  # model.local_text graph: the keywords the nodes attend to
+            local = _top_words(prefix.local_attention[b], object_words, top)
+        else:
+            local = _region_keywords(batch["keyword_ids"][b], batch["keyword_scores"][b], object_words, top)
         gate = float(prefix.gate[b].mean()) if prefix.gate is not None else None
-        out.append(Explanation(received, edges, scene, sorted(local.items(), key=lambda kv: -kv[1])[:top], gate))
+        out.append(Explanation(received, edges, scene, local, gate))
     return out
+
+
+def _top_words(attention: torch.Tensor, words: list[str], top: int) -> list[tuple[str, float]]:
+    """The ``top`` words of a bank by their attention weight (C,), heaviest first."""
+    weights, ids = attention.topk(min(top, len(words)))
+    return [(words[i], float(w)) for w, i in zip(weights.tolist(), ids.tolist())]
+
+
+def _region_keywords(ids: torch.Tensor, scores: torch.Tensor, words: list[str], top: int) -> list[tuple[str, float]]:
+    """An image's region keywords (N, k) summed by word over their pooling weight, heaviest first."""
+    local: dict[str, float] = {}
+    for i, w in zip(ids.flatten().tolist(), scores.flatten().tolist()):
+        if i >= 0:
+            local[words[i]] = local.get(words[i], 0.0) + max(w, 0.0)
+    return sorted(local.items(), key=lambda kv: -kv[1])[:top]
 
 
 def draw(item: ReportItem, px: int) -> Image.Image:

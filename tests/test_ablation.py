@@ -29,7 +29,7 @@ def test_variants_change_only_switches_and_schedule():
         assert changed <= {"regions", "normalize_clip", "gat", "global_guidance", "local_guidance", "condition",
                            "prefix_regions", "region_order", "region_token_skip", "box_embedding", "edge_geometry",
                            "region_features", "spatial_directions", "spatial_context", "spatial_tokens",
-                           "spatial_token_order"}
+                           "spatial_token_order", "local_text", "region_adapter"}
         assert (p.train.seed, p.train.phase1_epochs, p.train.phase2_epochs) == (
             7, params.ablation.phase1_epochs, params.ablation.phase2_epochs)
         assert (p.train.lr, p.evaluate.split, p.evaluate.decode.method) == (

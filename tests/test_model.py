@@ -7,6 +7,7 @@ from tests.helpers import D_CLIP, D_REGION, SCENES, changed_by_one_step, synthet
 from train.config import DecodeConfig, LossConfig
 from train.data import collate, graph_edges
 from train.decode import decode
+from train.guidance import GraphKeywords
 from train.losses import total_loss
 from train.model import load_captioner
 
@@ -136,3 +137,40 @@ def test_clip_prefix_model_has_no_region_branch(tiny_language):
     assert torch.isfinite(model.prefix(batch).embeddings).all()
     with pytest.raises(ValueError, match="model.gat needs model.regions"):
         tiny_captioner(tiny_language, regions=False)
+
+
+@pytest.mark.parametrize("overrides", [{"region_adapter": True}, {"local_text": "graph"},
+                                       {"region_adapter": True, "local_text": "graph", "prefix_regions": "tokens",
+                                        "region_token_skip": True}])
+def test_adapter_and_graph_keywords_train_and_reload(tiny_language, tmp_path, overrides):
+    model = tiny_captioner(tiny_language, **overrides)
+    batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
+    if overrides.get("region_adapter"):  # the paper's CrossModal_Adapter: regions enter the GAT at CLIP's width
+        assert (model.adapter.in_features, model.adapter.out_features) == (D_REGION, D_CLIP)
+    total_loss(model, batch, LossConfig())["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing
+    model.eval().save(tmp_path / "captioner")
+    torch.testing.assert_close(load_captioner(tmp_path / "captioner")[0].prefix(batch).embeddings,
+                               model.prefix(batch).embeddings)
+
+
+def test_graph_keywords_come_from_the_nodes_not_the_stored_keywords(tiny_language):
+    graph, stored = tiny_captioner(tiny_language, local_text="graph").eval(), tiny_captioner(tiny_language).eval()
+    batch = collate(synthetic_items(tokenizer=graph.tokenizer))
+    other = {**batch, "keyword_ids": batch["keyword_ids"].flip(0), "keyword_scores": batch["keyword_scores"].flip(0)}
+    prefix = graph.prefix(batch)
+    assert prefix.local_attention.shape == (3, graph.dims.object_bank)
+    torch.testing.assert_close(prefix.local_attention.sum(dim=-1), torch.ones(3))  # each image has regions
+    torch.testing.assert_close(graph.prefix(other).embeddings, prefix.embeddings)  # stored keywords unread
+    assert not torch.allclose(stored.prefix(other).embeddings, stored.prefix(batch).embeddings)
+    moved = {**batch, "x": batch["x"] + torch.randn_like(batch["x"])}
+    assert not torch.allclose(graph.prefix(moved).local_attention, prefix.local_attention)  # nodes → keywords
+
+
+def test_graph_keywords_of_an_image_without_regions_are_zero():
+    torch.manual_seed(0)
+    module = GraphKeywords(4, torch.randn(5, 3))
+    text, attention = module(torch.randn(2, 4), torch.tensor([0, 0]), n_images=2)  # image 1: no region
+    assert text.shape == (2, 3) and attention[1].abs().sum() == 0 and text[1].abs().sum() == 0
+    torch.testing.assert_close(attention[0].sum(), torch.tensor(1.0))

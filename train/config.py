@@ -54,6 +54,10 @@ class ModelConfig:
     global_guidance: bool = True
     local_guidance: bool = True
     local_pooling: Literal["score", "uniform"] = "score"  # score | uniform: how region keywords are weighted into f_local_text
+    local_text: Literal["keywords", "graph"] = "keywords"  # keywords (the store's region keywords) | graph (the
+    #                                    object-bank keywords nearest the GAT's nodes, projected into CLIP's space)
+    region_adapter: bool = False  # project each region feature D → d (CLIP's width) before the GAT: the paper's
+    #                                    CrossModal_Adapter (2048 → 512 over backbone_pool features)
     region_features: Literal["detector", "clip", "both"] = "detector"  # detector (the paper) | clip (each crop's CLIP embedding) | both (side by side)
     prefix_regions: Literal["mean", "tokens"] = "mean"  # mean (the paper: pooled into f_fused only) | tokens (+ one prefix token per region)
     region_tokens: int = 10  # tokens: regions given their own token (the rest are left out)

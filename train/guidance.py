@@ -5,6 +5,7 @@ import math
 
 import torch
 from torch import nn
+from torch_geometric.utils import scatter
 
 
 class GlobalGuidance(nn.Module):
@@ -43,3 +44,23 @@ def pool_local_keywords(bank: torch.Tensor, ids: torch.Tensor, weights: torch.Te
     w = weights * (ids >= 0)
     w = w / w.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
     return torch.einsum("bnk,bnkd->bd", w, bank[ids.clamp_min(0)])
+
+
+class GraphKeywords(nn.Module):
+    """f_local_text read from the graph (the second reading of eq. 12): each node's output V'_i is
+    projected into CLIP's text space and attends over the object bank as eq. 11 attends over the
+    scene bank; an image's f_local_text is its nodes' readouts, mean-pooled. The keywords nearest
+    the nodes weigh most, and unlike the detector's labels the GAT's output reaches them."""
+
+    def __init__(self, node_dim: int, bank: torch.Tensor):
+        super().__init__()
+        self.project = nn.Linear(node_dim, bank.shape[1])
+        self.register_buffer("bank", bank)  # (C, d) CLIP text embeddings of the object keywords
+
+    def forward(self, nodes: torch.Tensor, node_batch: torch.Tensor,
+                n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """nodes (V, ·), node_batch (V,) → f_local_text (B, d), attention over the bank (B, C).
+        An image without regions gets zeros, as with the keyword reading."""
+        attention = torch.softmax(self.project(nodes) @ self.bank.T / math.sqrt(self.bank.shape[1]), dim=-1)  # (V, C)
+        pooled = scatter(attention, node_batch, dim=0, dim_size=n_images, reduce="mean")  # (B, C)
+        return pooled @ self.bank, pooled

@@ -21,7 +21,7 @@ from features.clip import ClipTail, build_tail
 from features.config import choices
 from train.config import ModelConfig
 from train.gat import GATEncoder
-from train.guidance import GlobalGuidance, LocalGuidance, pool_local_keywords
+from train.guidance import GlobalGuidance, GraphKeywords, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
 from train.region_graph import (
     EDGE_GEOMETRY,
@@ -53,6 +53,7 @@ class Prefix:
     scene_attention: torch.Tensor | None  # (B, S)
     keyword_ids: torch.Tensor | None = None  # (B, k) condition keywords: the keywords GPT-2 was given
     region_slots: torch.Tensor | None = None  # (B, slots) region tokens: the node in each slot (-1: empty)
+    local_attention: torch.Tensor | None = None  # (B, C) local_text graph: the nodes' attention over the object bank
 
 
 CONDITIONS = choices(ModelConfig, "condition")
@@ -77,18 +78,24 @@ class Captioner(nn.Module):
         _check_condition(cfg, dims)
         _check_regions(cfg)
         self.box_embedding = BoxEmbedding(dims.region) if cfg.box_embedding else None
+        self.adapter = nn.Linear(dims.region, d) if cfg.region_adapter else None  # CrossModal_Adapter: D → d
+        region_in = d if self.adapter is not None else dims.region
         edge_dim = cfg.gat_edge_weights + EDGE_GEOMETRY * cfg.edge_geometry
-        self.gat = (GATEncoder(dims.region, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
+        self.gat = (GATEncoder(region_in, cfg.gat_hidden, cfg.gat_heads, cfg.gat_layers, cfg.gat_dropout,
                                edge_dim) if cfg.gat else None)
-        region_out = self.gat.out_dim if self.gat else dims.region
+        region_out = self.gat.out_dim if self.gat else region_in
         self.fuse = nn.Linear(d + region_out, d) if cfg.regions else None  # eq. 10: W_fused
         # banks left out (None) are zeros until load_state_dict fills them from a saved folder
         if scene_bank is None:
             scene_bank = torch.zeros(dims.scene_bank, d)
         self.global_guidance = GlobalGuidance(scene_bank) if cfg.global_guidance else None
         self.local_guidance = LocalGuidance(d) if cfg.local_guidance else None
-        if cfg.local_guidance:
-            self.register_buffer("object_bank", object_bank if object_bank is not None else torch.zeros(dims.object_bank, d))
+        if object_bank is None:
+            object_bank = torch.zeros(dims.object_bank, d)
+        graph_text = cfg.local_guidance and cfg.local_text == "graph"
+        self.graph_keywords = GraphKeywords(region_out, object_bank) if graph_text else None
+        if cfg.local_guidance and not graph_text:
+            self.register_buffer("object_bank", object_bank)
         if cfg.condition == "keywords":  # the selectable keywords' CLIP text embeddings, unit-normalised
             bank = keyword_bank if keyword_bank is not None else torch.zeros(dims.keyword_bank, d)
             self.register_buffer("keyword_bank", F.normalize(bank, dim=-1))
@@ -104,7 +111,7 @@ class Captioner(nn.Module):
             raise ValueError(f"model.mapping: unknown {cfg.mapping!r}; known: {MAPPERS}")
         # built last, so a seed gives the other modules the same initial weights with or without it
         self.token_skip = cfg.region_token_skip and self.gat is not None
-        token_dim = region_out + dims.region * self.token_skip
+        token_dim = region_out + region_in * self.token_skip
         self.region_tokens = (RegionTokens(token_dim, h, cfg.region_tokens, cfg.region_order)
                               if cfg.prefix_regions == "tokens" else None)
         self.spatial_context = (SpatialContext(h, cfg.spatial_directions, cfg.spatial_context)
@@ -132,10 +139,9 @@ class Captioner(nn.Module):
         if self.global_guidance is not None:
             guide, scene_attention = self.global_guidance(fused)
             parts.append(guide)
+        local_attention = None
         if self.local_guidance is not None:
-            scores = batch["keyword_scores"]  # (B, N, k)
-            weights = scores.clamp_min(0) if self.cfg.local_pooling == "score" else torch.ones_like(scores)
-            local_text = pool_local_keywords(self.object_bank, batch["keyword_ids"], weights)  # (B, d)
+            local_text, local_attention = self.local_text(batch, regions, clip.shape[0])  # (B, d)
             guide, gate = self.local_guidance(fused, local_text)
             parts.append(guide)
         embeddings = self.mapping(torch.cat(parts, dim=-1))  # (B, L_p, h)
@@ -144,8 +150,18 @@ class Captioner(nn.Module):
             node_tokens = self.region_tokens.project(token_input)  # (V, h)
             tokens, slots = self.place_region_tokens(node_tokens, batch, clip.shape[0])  # (B, S, h), (B, S)
             embeddings = torch.cat([embeddings, tokens], dim=1)  # (B, L_p + S, h)
-            return Prefix(embeddings, fused, gate, scene_attention, region_slots=slots)
-        return Prefix(embeddings, fused, gate, scene_attention)
+            return Prefix(embeddings, fused, gate, scene_attention, region_slots=slots, local_attention=local_attention)
+        return Prefix(embeddings, fused, gate, scene_attention, local_attention=local_attention)
+
+    def local_text(self, batch: dict[str, torch.Tensor], regions: torch.Tensor | None,
+                   n_images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """f_local_text (B, d) by model.local_text: the store's region keywords pooled, or the object
+        keywords nearest the enhanced regions (V, ·), with their attention (B, C)."""
+        if self.graph_keywords is not None:
+            return self.graph_keywords(regions, batch["node_batch"], n_images)
+        scores = batch["keyword_scores"]  # (B, N, k)
+        weights = scores.clamp_min(0) if self.cfg.local_pooling == "score" else torch.ones_like(scores)
+        return pool_local_keywords(self.object_bank, batch["keyword_ids"], weights), None
 
     def place_region_tokens(self, node_tokens: torch.Tensor, batch: dict[str, torch.Tensor],
                             n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,12 +196,12 @@ class Captioner(nn.Module):
 
     def region_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Every region of the batch as the model reads it (model.region_features), its box
-        embedded when asked: (V, D)."""
+        embedded when asked, mapped to CLIP's width by the adapter when on: (V, D) or (V, d)."""
         x = {"detector": lambda: batch["x"], "clip": lambda: batch["region_clip"],
              "both": lambda: torch.cat([batch["x"], batch["region_clip"]], dim=-1)}[self.cfg.region_features]()
         if self.box_embedding is not None:
             x = x + self.box_embedding(batch["geometry"])
-        return x
+        return self.adapter(x) if self.adapter is not None else x
 
     def enhanced_regions(self, batch: dict[str, torch.Tensor],
                          return_attention: bool = False) -> tuple[torch.Tensor, list]:
@@ -275,6 +291,8 @@ def _check_regions(cfg: ModelConfig) -> None:
         raise ValueError(f"model.spatial_token_order: unknown {cfg.spatial_token_order!r}; known: {SPATIAL_TOKEN_ORDERS}")
     if cfg.spatial_context not in SPATIAL_MODES:
         raise ValueError(f"model.spatial_context: unknown {cfg.spatial_context!r}; known: {SPATIAL_MODES}")
+    if (cfg.region_adapter or cfg.local_text == "graph") and not cfg.regions:
+        raise ValueError("model.region_adapter and model.local_text graph need model.regions (they read the regions)")
     if cfg.prefix_regions == "tokens" and cfg.region_tokens < 1:
         raise ValueError(f"model.region_tokens: {cfg.region_tokens} (need at least 1)")
 
