@@ -24,7 +24,7 @@ class Variant:
     knn: dict[str, Any] = field(default_factory=dict)  # knn.* keys it sets (its cell computes its own graphs)
     loss: dict[str, Any] = field(default_factory=lambda: dict(_UNGROUNDED))  # train.loss.* keys it sets
     labelled_only: bool = False  # trains on ablation.labelled_fraction of the images' captions
-    scst: bool = False  # ... then ablation.scst_epochs of SCST with a CLIP reward on the rest
+    scst: bool = False  # ... then ablation.scst_epochs of SCST (the reward: train.scst_reward, which ``train`` may set)
 
     @property
     def needs(self) -> list[str]:
@@ -66,11 +66,13 @@ VARIANTS: dict[str, Variant] = {
     "labelled_subset": Variant("Full model, labelled subset only (stage 1 alone)", _SWITCHES["gat_msg"],
                                labelled_only=True, knn=_FEATURE_KNN),
     "semi_supervised": Variant("Semi-supervised: labelled subset, then SCST with CLIP reward", _SWITCHES["gat_msg"],
-                               labelled_only=True, scst=True, knn=_FEATURE_KNN),
+                               {"scst_reward": "clip"}, labelled_only=True, scst=True, knn=_FEATURE_KNN),
     **{name: Variant(label, _SWITCHES[name], knn=_FEATURE_KNN) for name, label in (
         ("baseline", "Baseline: CLIP + regions + GPT-2"), ("gat", "+ GAT-LFE"),
         ("gat_global", "+ GAT-LFE + global guidance"), ("gat_local", "+ GAT-LFE + local guidance"),
         ("gat_msg", "+ GAT-LFE + MSG (full model)"))},
+    "gat_msg_scst": Variant("+ GAT-LFE + MSG, then SCST with the CIDEr-D reward", _SWITCHES["gat_msg"],
+                            {"scst_reward": "cider"}, scst=True, knn=_FEATURE_KNN),
     # eq. 12's other reading: f_local_text from the object keywords nearest the GAT's nodes
     "gat_msg_graph": Variant("+ GAT-LFE + MSG, local keywords from the graph's nodes",
                              {**_SWITCHES["gat_msg"], "local_text": "graph"}, knn=_FEATURE_KNN),
@@ -113,7 +115,7 @@ class AblationConfig:
     phase1_epochs: int = 1  # a shorter schedule than the main model's: rows are compared with each other
     phase2_epochs: int = 5
     labelled_fraction: float = 0.1  # labelled_subset / semi_supervised: share of training images with captions
-    scst_epochs: int = 2  # semi_supervised: SCST epochs on the other images
+    scst_epochs: int = 2  # semi_supervised, gat_msg_scst: SCST epochs after the two phases
 
     def __post_init__(self) -> None:
         for name in self.variants:  # fail at load time, not an hour into `dvc repro`

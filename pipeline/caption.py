@@ -34,7 +34,7 @@ from pipeline.provenance import expected, stored_kinds
 from pipeline.runtime import device_of
 from pipeline.shards import for_each_shard
 from train.data import CachedFeatures, Images, StoreSpec
-from train.decode import caption_images
+from train.decode import METHODS, caption_images
 from train.model import load_captioner
 from world.generate import DATASET_NAME as DEMO_WORLD
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=CAPTIONER, help="a trained model folder")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the parameters naming the extractors' weights (and decoding)")
-    parser.add_argument("--decode", choices=("greedy", "beam", "hybrid"), help="override evaluate.decode.method")
+    parser.add_argument("--decode", choices=METHODS, help="override evaluate.decode.method")
     parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
     parser.add_argument("--verbose", action="store_true", help="the extractors' logs and progress bars on stderr")
     args = parser.parse_args(argv)

@@ -28,7 +28,8 @@ from train.data import CaptionPairs, Grounding, Images, labelled_split
 from train.decode import caption_images
 from train.distributed import World
 from train.model import Captioner, FeatureDims, load_gpt2
-from train.trainer import Unlabelled, seed_everything, train
+from train.scst import CiderReward, ClipReward
+from train.trainer import SelfCriticalStage, seed_everything, train
 from world.grammar import ground_caption
 
 
@@ -65,14 +66,10 @@ def train_captioner(params: Params, manifest_file: Path, out: Path, live_dir: Pa
         tail, extra["clip_tail"] = copy.deepcopy(ClipTail(clip.model.visual)), tail_spec(clip)
     model = Captioner(params.model, dims, gpt2, tokenizer, torch.from_numpy(scene_bank), torch.from_numpy(object_bank),
                       tail, torch.from_numpy(keywords))
-    unlabelled = None
-    if params.train.scst_epochs:  # stage 2: these images' captions are not even opened
-        without_captions = open_features(params, manifest, params.model.finetune_clip, with_text=False,
-                                         with_region_clip=params.model.reads_region_clip)
-        unlabelled = Unlabelled(Images(without_captions, unlabelled_idx), text_encoder(params, device))
-
-    train_set = CaptionPairs(features, train_idx, [images[i].pop("captions") for i in train_idx], tokenizer,
-                             params.train.max_tokens, groundings(params, manifest_file, train_idx))
+    captions = [images[i].pop("captions") for i in train_idx]
+    scst = self_critical_stage(params, manifest, (train_idx, captions), unlabelled_idx, device)
+    train_set = CaptionPairs(features, train_idx, captions, tokenizer, params.train.max_tokens,
+                             groundings(params, manifest_file, train_idx))
     val_idx = split_indices(manifest, "val", features, params.train.val_images)
     val_set, references = Images(features, val_idx), {images[i]["id"]: images[i]["raw"] for i in val_idx}
     greedy = DecodeConfig(method="greedy", max_tokens=params.train.max_tokens)
@@ -86,7 +83,22 @@ def train_captioner(params: Params, manifest_file: Path, out: Path, live_dir: Pa
     fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
                                              code], sort_keys=True).encode()).hexdigest()
     return train(model, train_set, params.train, out, live_dir, scorer, "CIDEr_greedy", device, extra,
-                 checkpoint=checkpoint, fingerprint=fingerprint, world=world, unlabelled=unlabelled)
+                 checkpoint=checkpoint, fingerprint=fingerprint, world=world, scst=scst)
+
+
+def self_critical_stage(params: Params, manifest: dict[str, Any], labelled: tuple[list[int], list[list[str]]],
+                        unlabelled_idx: list[int], device: torch.device) -> SelfCriticalStage | None:
+    """The SCST epochs' images and reward (None without ``train.scst_epochs``): the labelled
+    training images against their own captions (cider), or the images left unlabelled, whose
+    captions are not even opened (clip)."""
+    if not params.train.scst_epochs:
+        return None
+    without_captions = open_features(params, manifest, params.model.finetune_clip, with_text=False,
+                                     with_region_clip=params.model.reads_region_clip)
+    if params.train.scst_reward == "clip":
+        return SelfCriticalStage(Images(without_captions, unlabelled_idx), ClipReward(text_encoder(params, device)))
+    train_idx, captions = labelled
+    return SelfCriticalStage(Images(without_captions, train_idx), CiderReward(train_idx, captions))
 
 
 def training_view(entry: dict[str, Any]) -> dict[str, Any]:

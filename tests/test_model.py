@@ -127,6 +127,43 @@ def test_search_matches_transformers_generate(tiny_language):
     assert beams.shape[:2] == (6, 3) and bool((scores[:, :-1] >= scores[:, 1:]).all())  # best first
 
 
+def test_top_p_filter_is_transformers_rule():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from train.decode import top_p_filter
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50) * 3
+    for top_p in (0.1, 0.5, 0.8, 0.95):
+        ours = top_p_filter(logits, top_p)
+        theirs = TopPLogitsWarper(top_p)(None, logits.clone())
+        assert torch.equal(ours.isinf(), theirs.isinf()) and bool((ours.isinf().sum(-1) < 50).all()), top_p
+    assert (top_p_filter(logits, 0.8).isinf().sum(-1) > 0).all()  # it does cut (the test can fail)
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_sampling_matches_transformers_generate_under_one_seed(tiny_language):
+    """Top-p sampling draws as generate(do_sample=True, top_p, temperature) does: same seed, same tokens."""
+    from train.decode import sample
+
+    model = tiny_captioner(tiny_language).eval()
+    embeds = model.prefix(collate(synthetic_items(n=6))).embeddings.detach()
+    tok = model.tokenizer
+    for top_p, temperature in ((0.8, 1.0), (0.5, 0.7)):
+        torch.manual_seed(3)
+        ours = sample(model, embeds, 8, top_p, temperature)
+        torch.manual_seed(3)
+        theirs = model.gpt2.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                                     max_new_tokens=8, do_sample=True, top_p=top_p, top_k=0, temperature=temperature,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+        assert ours.tolist() == theirs[:, :ours.shape[1]].tolist(), top_p
+    batch = collate(synthetic_items(n=6))
+    captions = {tuple(decode(model, batch, DecodeConfig(method="sample", max_tokens=8))) for _ in range(3)}
+    assert len(captions) > 1  # sampling varies from draw to draw
+    with pytest.raises(ValueError, match="top_p"):
+        decode(model, batch, DecodeConfig(method="sample", top_p=0.0))
+
+
 def test_clip_prefix_model_has_no_region_branch(tiny_language):
     model = tiny_captioner(tiny_language, regions=False, gat=False, global_guidance=False, local_guidance=False)
     assert model.fuse is None and model.gat is None

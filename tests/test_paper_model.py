@@ -11,7 +11,6 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from features.clip import ClipTail
 from pipeline.params import load_params
-
 from tests.conftest import ROOT
 from tests.helpers import random_boxes
 from train.config import DecodeConfig, LossConfig

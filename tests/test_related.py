@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from tests.helpers import D_CLIP, D_REGION, OBJECTS, SCENES, changed_by_one_step, synthetic_items, tiny_captioner
 from train.config import DecodeConfig, ModelConfig, TrainConfig
 from train.data import collate, labelled_split
-from train.decode import decode, search, texts_of
+from train.decode import decode, sample, search, texts_of
 from train.model import Captioner, FeatureDims, load_captioner, load_gpt2
-from train.scst import SelfCritical, caption_mask, sample
-from train.trainer import Unlabelled, check_mode, train
+from train.scst import ClipReward, SelfCritical, caption_mask
+from train.trainer import SelfCriticalStage, check_mode, train
 
 KEYWORDS = 7
 _NO_IMAGE_BRANCH = dict(regions=False, gat=False, global_guidance=False, local_guidance=False)
@@ -118,7 +118,7 @@ def test_self_critical_training_raises_the_reward(tiny_language):
     model = tiny_captioner(tiny_language, **_NO_IMAGE_BRANCH).train()
     batch = {**_batch(model, 8), "clip": torch.eye(D_CLIP)[[0] * 8]}
     del batch["text"], batch["tokens"], batch["mask"]  # stage 2 has no captions
-    objective = SelfCritical(model, _early_letter_encoder, max_tokens=8)
+    objective = SelfCritical(model, ClipReward(_early_letter_encoder), max_tokens=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
 
     def mean_reward() -> float:
@@ -140,13 +140,14 @@ def test_stage_two_follows_stage_one_and_yields_the_model(tiny_language, tmp_pat
     labelled = synthetic_items(n=4, tokenizer=model.tokenizer)
     unlabelled = [{k: v for k, v in item.items() if k not in ("tokens", "text")} for item in synthetic_items(n=4, seed=1)]
     scores = iter([5.0, 4.0, 1.0, 2.0])  # stage 1's first epoch scores best, but stage 2 gives the model
-    cfg = TrainConfig(phase1_epochs=1, phase2_epochs=1, scst_epochs=2, labelled_fraction=0.5, batch_size=4)
+    cfg = TrainConfig(phase1_epochs=1, phase2_epochs=1, scst_epochs=2, labelled_fraction=0.5, batch_size=4,
+                      scst_reward="clip")
     best = train(model, labelled, cfg, tmp_path / "model", tmp_path / "live", lambda m: {"s": next(scores)}, "s",
-                 torch.device("cpu"), unlabelled=Unlabelled(unlabelled, _early_letter_encoder))
+                 torch.device("cpu"), scst=SelfCriticalStage(unlabelled, ClipReward(_early_letter_encoder)))
     assert (best["epoch"], best["s"]) == (3, 2.0)
     assert (tmp_path / "live/plots/metrics/train/loss_reward.tsv").exists()
     with pytest.raises(ValueError, match="needs train.labelled_fraction < 1"):
-        check_mode(model, TrainConfig(scst_epochs=1))
+        check_mode(model, TrainConfig(scst_epochs=1, scst_reward="clip"))
     with pytest.raises(ValueError, match="train.labelled_fraction: 0.0 is not in"):
         check_mode(model, TrainConfig(labelled_fraction=0.0))
 

@@ -25,12 +25,14 @@ class LossConfig:
 class DecodeConfig:
     """Every key is documented in params.yaml (section ``evaluate``)."""
 
-    method: Literal["greedy", "beam", "hybrid"] = "hybrid"  # greedy | beam | hybrid
+    method: Literal["greedy", "beam", "hybrid", "sample"] = "hybrid"  # greedy | beam | hybrid | sample (top-p)
     beam_size: int = 5
     greedy_tokens: int = 3  # hybrid: tokens chosen greedily before the beam takes over
     max_tokens: int = 30
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0  # no n-gram of this size twice in a caption (0 = off), as transformers' generate
+    top_p: float = 0.8  # sample: nucleus sampling keeps the most probable tokens up to this mass (ClipCap's 0.8)
+    temperature: float = 1.0  # sample: logits divided by it before top_p
     rerank: Literal["none", "clip", "coverage"] = "none"  # none | clip | coverage: how the final beam is chosen (see :func:`decode`)
     coverage_weight: float = 1.0  # rerank coverage: β of the coverage penalty
     coverage_heads: int = 2  # rerank coverage: heads of GPT-2's last layer that read it (train.loss.grounding_heads)
@@ -103,7 +105,12 @@ class TrainConfig:
     mode: Literal["supervised", "text_only"] = "supervised"  # supervised | text_only (CapDec: caption text embeddings + noise stand in for images)
     text_noise: float = 0.016  # text_only: variance of the Gaussian noise added to the normalised text embedding
     labelled_fraction: float = 1.0  # share of the training images whose captions are used (semi-supervised: e.g. 0.02)
-    scst_epochs: int = 0  # stage 2 (after phases 1-2): SCST with a CLIP reward on the images left unlabelled
-    scst_lr: float = 1e-5  # learning rate at the start of stage 2 (× lr_decay per epoch as before)
+    scst_epochs: int = 0  # SCST epochs after phases 1-2 (self-critical training, reward train.scst_reward)
+    scst_lr: float = 1e-5  # learning rate at the start of the SCST epochs (× lr_decay per epoch as before)
+    scst_reward: Literal["cider", "clip"] = "cider"  # cider (CIDEr-D against the training references) | clip
+    #                                    (CLIP image-text cosine, on the images left unlabelled: semi-supervised)
+    scst_baseline: Literal["greedy", "mean"] = "greedy"  # greedy (the greedy caption's reward) | mean (of the
+    #                                    image's other samples, ruotianluo's "new SCST"; needs scst_samples >= 2)
+    scst_samples: int = 1  # captions sampled per image per step
     val_images: int = 200  # validation images decoded (greedy) after each epoch; 0 = all
     loss: LossConfig = field(default_factory=LossConfig)

@@ -1,5 +1,6 @@
 """Caption generation from the prefix: greedy, beam search, and the paper's hybrid (greedy for
-the first n tokens, then beam search), batched, in one pass over GPT-2's key/value cache."""
+the first n tokens, then beam search), batched, in one pass over GPT-2's key/value cache; and
+top-p sampling (ClipCap's other decoder, and SCST's samples)."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ from train.data import collate
 from train.model import Captioner
 
 METHODS = choices(DecodeConfig, "method")
+SEARCHES = tuple(m for m in METHODS if m != "sample")  # the deterministic decodings (a report shows each)
 RERANKERS = choices(DecodeConfig, "rerank")
 # texts → their CLIP text embeddings (n, d): the pipeline's frozen text tower
 TextEncoder = Callable[[list[str]], np.ndarray]
@@ -81,12 +83,50 @@ def repeated_ngrams(tokens: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
     return banned.to(tokens.device)
 
 
+@torch.no_grad()
+def sample(model: Captioner, embeds: torch.Tensor, max_tokens: int, top_p: float = 1.0,
+           temperature: float = 1.0) -> torch.Tensor:
+    """Token ids (B, T) drawn one at a time after the prefix embeddings (B, L_p, h), over GPT-2's
+    key/value cache, from the distribution cut by :func:`top_p_filter` (1.0: the model's own, as
+    SCST samples); EOS repeats after a caption ends. Each step draws as transformers' ``generate``
+    with ``do_sample`` does, so the same seed gives the same captions."""
+    eos = model.tokenizer.eos_token_id
+    out = model.gpt2(inputs_embeds=embeds, use_cache=True)
+    done = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+    steps = []
+    for _ in range(max_tokens):
+        logits = top_p_filter(out.logits[:, -1].float() / temperature, top_p)  # (B, V)
+        words = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1)  # (B,)
+        words = words.masked_fill(done, eos)
+        steps.append(words)
+        done |= words == eos
+        if bool(done.all()):
+            break
+        out = model.gpt2(input_ids=words[:, None], cache=out.cache, use_cache=True)
+    return torch.stack(steps, dim=1)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2020) by transformers' rule: of the tokens sorted by
+    probability, those whose cumulative mass from the least probable up stays ≤ 1 − top_p are
+    set to −inf; the most probable always stays. (R, V) → (R, V)."""
+    if top_p >= 1:
+        return logits
+    ascending, order = logits.sort(dim=-1)
+    drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p  # (R, V) in sorted order
+    drop[:, -1] = False
+    return logits.masked_fill(drop.scatter(1, order, drop), -math.inf)
+
+
 def check_decode(cfg: DecodeConfig, text_encoder: TextEncoder | None = None) -> None:
     if cfg.method not in METHODS:
         raise ValueError(f"evaluate.method: unknown decoding {cfg.method!r}; known: {METHODS}")
     if cfg.rerank not in RERANKERS:
         raise ValueError(f"evaluate.decode.rerank: unknown {cfg.rerank!r}; known: {RERANKERS}")
-    if cfg.rerank != "none" and (cfg.method == "greedy" or cfg.beam_size < 2):
+    if not 0 < cfg.top_p <= 1 or cfg.temperature <= 0:
+        raise ValueError(f"evaluate.decode: top_p {cfg.top_p} must be in (0, 1] and temperature "
+                         f"{cfg.temperature} above 0")
+    if cfg.rerank != "none" and (cfg.method in ("greedy", "sample") or cfg.beam_size < 2):
         raise ValueError(f"evaluate.decode.rerank {cfg.rerank} ranks the final beams: it needs beam or hybrid "
                          "decoding with beam_size >= 2")
     if cfg.rerank == "clip" and text_encoder is None:
@@ -102,6 +142,8 @@ def decode(model: Captioner, batch: dict[str, torch.Tensor], cfg: DecodeConfig,
     check_decode(cfg, text_encoder)
     prefix = model.prefix(batch)
     embeds = prefix.embeddings  # (B, L_p, h)
+    if cfg.method == "sample":
+        return texts_of(model, sample(model, embeds, cfg.max_tokens, cfg.top_p, cfg.temperature))
     greedy_steps = {"greedy": cfg.max_tokens, "beam": 0, "hybrid": cfg.greedy_tokens}[cfg.method]
     tokens, scores = search(model, embeds, cfg, greedy_steps, cfg.beam_size)  # (B, w, T), (B, w)
     if cfg.rerank == "none":

@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dvclive import Live
+from features.config import choices
 from train.config import TrainConfig
 from train.data import collate
-from train.decode import TextEncoder
 from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
 from train.losses import total_loss
 from train.model import Captioner
-from train.scst import SelfCritical
+from train.scst import Reward, SelfCritical
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def mixed_precision(precision: str, device: torch.device):
     return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-SCST = 3  # the phase number of the semi-supervised stage 2
+SCST = 3  # the phase number of the SCST epochs (after phase 2)
+SCST_REWARDS = choices(TrainConfig, "scst_reward")
 
 
 def set_phase(model: Captioner, phase: int) -> None:
@@ -93,12 +94,12 @@ def set_phase(model: Captioner, phase: int) -> None:
 
 
 @dataclass
-class Unlabelled:
-    """Stage 2 of semi-supervised training: images (``train.data.Images`` over features without
-    captions) and the frozen CLIP text tower that rewards captions of them."""
+class SelfCriticalStage:
+    """What the SCST epochs train on: images (``train.data.Images``: the training images for the
+    CIDEr reward, the ones left unlabelled for the CLIP reward) and the reward of a caption."""
 
     images: object
-    text_encoder: TextEncoder
+    reward: Reward
 
 
 MODES = ("supervised", "text_only")
@@ -121,7 +122,7 @@ class Objective(nn.Module):
         return total_loss(self.model, batch, self.cfg.loss)
 
 
-def check_mode(model: Captioner, cfg: TrainConfig, unlabelled: Unlabelled | None = None) -> None:
+def check_mode(model: Captioner, cfg: TrainConfig, scst: SelfCriticalStage | None = None) -> None:
     if cfg.mode not in MODES:
         raise ValueError(f"train.mode: unknown {cfg.mode!r}; known: {MODES}")
     if cfg.mode == "text_only" and (model.cfg.regions or not model.cfg.normalize_clip or model.clip_tail):
@@ -133,18 +134,29 @@ def check_mode(model: Captioner, cfg: TrainConfig, unlabelled: Unlabelled | None
                          f"exceeds GPT-2's {model.gpt2.config.n_positions} positions")
     if not 0 < cfg.labelled_fraction <= 1:
         raise ValueError(f"train.labelled_fraction: {cfg.labelled_fraction} is not in (0, 1]")
-    if cfg.scst_epochs and (cfg.mode != "supervised" or cfg.labelled_fraction == 1):
-        raise ValueError("train.scst_epochs: stage 2 trains on the images left unlabelled: it needs "
-                         "train.labelled_fraction < 1 and train.mode supervised")
-    if cfg.scst_epochs and unlabelled is None:
-        raise ValueError("train.scst_epochs: no unlabelled images and CLIP text encoder were given for stage 2")
+    if cfg.scst_epochs:
+        check_scst(cfg, scst)
+
+
+def check_scst(cfg: TrainConfig, scst: SelfCriticalStage | None) -> None:
+    if cfg.scst_reward not in SCST_REWARDS:
+        raise ValueError(f"train.scst_reward: unknown {cfg.scst_reward!r}; known: {SCST_REWARDS}")
+    if cfg.mode != "supervised":
+        raise ValueError("train.scst_epochs: SCST follows supervised training (train.mode supervised)")
+    if cfg.scst_reward == "clip" and cfg.labelled_fraction == 1:
+        raise ValueError("train.scst_reward clip trains on the images left unlabelled: it needs "
+                         "train.labelled_fraction < 1 (the cider reward trains on the labelled ones)")
+    if cfg.scst_samples < 1 or (cfg.scst_baseline == "mean" and cfg.scst_samples < 2):
+        raise ValueError(f"train.scst_samples: {cfg.scst_samples} (the mean baseline needs at least 2)")
+    if scst is None:
+        raise ValueError("train.scst_epochs: no images and reward were given for the SCST epochs")
 
 
 def _objective(model: Captioner, cfg: TrainConfig, world: World, device: torch.device, phase: int,
-               unlabelled: Unlabelled | None) -> nn.Module:
+               scst: SelfCriticalStage | None) -> nn.Module:
     """Built anew at each phase: DDP registers the parameters that require grad at construction."""
-    objective = (SelfCritical(model, unlabelled.text_encoder, cfg.max_tokens) if phase == SCST
-                 else Objective(model, cfg))
+    objective = (SelfCritical(model, scst.reward, cfg.max_tokens, cfg.scst_samples, cfg.scst_baseline)
+                 if phase == SCST else Objective(model, cfg))
     if world.size == 1:
         return objective
     return DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -185,7 +197,7 @@ def train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim
 def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir: Path,
           scorer: Callable[[Captioner], dict[str, float]], score_key: str, device: torch.device,
           save_extra: dict | None = None, checkpoint: Path | None = None, fingerprint: str = "",
-          world: World = World(), unlabelled: Unlabelled | None = None) -> dict[str, float]:
+          world: World = World(), scst: SelfCriticalStage | None = None) -> dict[str, float]:
     """Train, validating with ``scorer`` after each epoch; the best epoch by ``score_key`` is
     saved to ``out_dir``, dvclive logs go to ``live_dir``. After every epoch the whole training
     state (weights, optimizer, schedule, RNG streams of every rank, best so far) goes to
@@ -193,10 +205,10 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     resumes from there and ends exactly as an uninterrupted one. A finished run deletes its
     checkpoint. Under torchrun (``world`` from :func:`train.distributed.process_group`) each rank
     trains on its share of every batch with DDP, and rank 0 alone validates, logs and writes.
-    With ``train.scst_epochs`` the SCST epochs on ``unlabelled`` follow phase 2, and the saved
+    With ``train.scst_epochs`` the SCST epochs on ``scst``'s images follow phase 2, and the saved
     model is the best of those epochs (stage 2's result, not stage 1's). Returns the best
     validation scores."""
-    check_mode(model, cfg, unlabelled)
+    check_mode(model, cfg, scst)
     seed_everything(cfg.seed + 1000 * world.rank)  # rank 0 draws what a one-process run draws
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -215,9 +227,9 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.scst_lr
                 best = {score_key: -math.inf}
-            data = unlabelled.images if phase == SCST else train_set
+            data = scst.images if phase == SCST else train_set
             losses = _train_one_epoch(model, data, optimizer, (autocast, scaler), cfg, device, world, epoch, phase,
-                                      unlabelled)
+                                      scst)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             model.eval()
@@ -257,13 +269,13 @@ def _resume(checkpoint: Path | None, fingerprint: str, world: World, model: Capt
 
 def _train_one_epoch(model: Captioner, data, optimizer: torch.optim.Optimizer, precision: tuple, cfg: TrainConfig,
                      device: torch.device, world: World, epoch: int, phase: int,
-                     unlabelled: Unlabelled | None) -> dict[str, float]:
+                     scst: SelfCriticalStage | None) -> dict[str, float]:
     """One epoch of ``phase`` over ``data``; its mean losses over every rank's batches."""
     set_phase(model, phase)
     model.train()
     loader = DataLoader(data, batch_sampler=_batches(data, cfg, epoch, world), num_workers=cfg.num_workers,
                         collate_fn=partial(collate, pad_id=model.tokenizer.pad_token_id))
-    objective = _objective(model, cfg, world, device, phase, unlabelled)
+    objective = _objective(model, cfg, world, device, phase, scst)
     autocast, scaler = precision
     return mean_over_ranks(train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
                                        f"epoch {epoch} (phase {phase})"), world)

@@ -11,7 +11,7 @@ from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, REPORT
 from pipeline.runtime import device_of
 from train.data import Images, collate
-from train.decode import METHODS, decode
+from train.decode import SEARCHES, decode
 from train.model import load_captioner
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     encode = text_encoder(params, device) if rerank == "clip" else None
     captions = {m: decode(model, batch, dataclasses.replace(params.evaluate.decode, method=m,
                                                             rerank=rerank if m != "greedy" else "none"), encode)
-                for m in METHODS}
+                for m in SEARCHES}
     evaluated = {r["id"]: r for r in json.loads(CAPTIONS.read_text())}
     boxes, counts = (features.readers["regions"].rows(indices, name) for name in ("boxes", "counts"))
     keywords = features.readers["region_keywords"].rows(indices, "ids")
@@ -42,7 +42,7 @@ def main() -> None:
         labels = [config["object_words"][i] if i >= 0 else "region" for i in keywords[k][:n, 0].tolist()]
         scores = evaluated.get(entry["id"], {}).get("scores", {})
         items.append(ReportItem(entry["id"], path, boxes[k][:n].astype(float), labels, explanations[k],
-                                {m: captions[m][k] for m in METHODS}, entry["captions"],
+                                {m: captions[m][k] for m in SEARCHES}, entry["captions"],
                                 {f"{name} ({scored})": value for name, value in scores.items()}))
     analysis = json.loads(ERROR_ANALYSIS.read_text()) if ERROR_ANALYSIS.exists() else {}
     page = write_report(items, REPORT, params.report.image_px, f"graphcap report: {len(items)} "
