@@ -198,7 +198,8 @@ class DemoServer(ThreadingHTTPServer):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=CAPTIONER, help="a trained model folder")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="the parameters naming the extractors' weights (and decoding, report.image_px)")

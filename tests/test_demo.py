@@ -2,8 +2,9 @@
 the file and the reason and the server keeps serving; a real photo, uploaded in headless chromium,
 gets its captions and the report's drawing."""
 import io
+import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -17,11 +18,9 @@ from pipeline.caption import NewImages, demo_world_note
 from pipeline.demo import FORM_SLACK, Demo, DemoServer, main
 from pipeline.params import load_params
 from tests.conftest import ROOT, real_photos
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LIMIT = 1_000_000  # bytes: the demo's limit in these tests, so "too large" is quick to send
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +120,22 @@ def test_help_from_the_command_line():
     assert "--model" in result.stdout and "--max-bytes" in result.stdout
 
 
+def test_the_command_serves_and_prints_its_url(trained):
+    """`python -m pipeline.demo --port 0` in a project: the URL on stdout, the page served there."""
+    command = [sys.executable, "-m", "pipeline.demo", "--port", "0", "--max-bytes", "1000"]
+    with subprocess.Popen(command, cwd=trained, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}) as process:
+        try:
+            line = process.stdout.readline()
+            url = re.fullmatch(r"graphcap-demo: serving (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops\)\n", line)
+            assert url, line + process.stderr.read() if process.poll() is not None else line
+            status, page = get(url[1])
+            assert status == 200 and "at most 1,000 bytes" in page
+        finally:
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0  # Ctrl-C ends it cleanly
+
+
 def test_a_missing_model_is_one_line(trained, monkeypatch, capsys):
     monkeypatch.chdir(trained)
     assert main(["--model", "nowhere", "--port", "0"]) == 2
@@ -133,7 +148,8 @@ def test_a_real_photo_uploaded_in_headless_chromium(server):
                                           "(pip install -e '.[test]')").sync_playwright
     photo = real_photos()[0]
     with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS + [
+            "--disable-component-update", "--disable-sync", "--no-first-run"])  # playwright's own browser: not here
         try:
             page = browser.new_page()
             page.goto(server.url)
