@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -100,6 +101,18 @@ def test_an_upload_gets_the_caption_of_each_decoding_and_the_drawing(server, tra
     captions = dict(re.findall(r"<tr><th>(\w+)</th><td class='caption'>([^<]*)</td>", page))
     assert sorted(captions) == ["beam", "greedy", "hybrid"] and all(c.strip() for c in captions.values())
     assert 'src="data:image/png;base64,' in page and "Local keywords:" in page and "mean gate" in page
+
+
+def test_each_upload_is_read_afresh(server, trained):
+    """The scratch store is reused between uploads, its shards never: ids repeat across calls."""
+    images = server.demo.images
+
+    def embedding(name: str) -> np.ndarray:
+        with images.features([trained / "data/world/images" / name]) as (features, good, _):
+            return features.readers["clip_image"].rows(good, "embeddings")[0]
+
+    first, second, again = embedding("000000.png"), embedding("000001.png"), embedding("000000.png")
+    assert not np.array_equal(first, second) and np.array_equal(first, again)
 
 
 def test_an_internal_error_is_one_line_and_logged(server, monkeypatch, caplog):
