@@ -28,14 +28,14 @@ java:
 	    exit 1; \
 	  fi; }
 
-# the report test renders results in a real headless browser; without one it is skipped, saying so
+# the report and demo tests render pages in a real headless browser; without one they are skipped, saying so
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "chromium not found: installing it (the report test renders HTML in it)"; \
+	    echo "chromium not found: installing it (the report and demo tests render HTML in it)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else \
-	    echo "chromium not found: the report rendering test will be skipped (Debian: sudo apt-get install chromium)"; \
+	    echo "chromium not found: the report and demo browser tests will be skipped (Debian: sudo apt-get install chromium)"; \
 	  fi; }
 
 repro: $(STAMP) java

@@ -6,6 +6,7 @@ split (eval/error_analysis.py). Self-contained: no script, font or style from th
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from eval.error_analysis import html_tables
+from features.images import load_rgb, original_size
+from train.config import DecodeConfig
+from train.data import CachedFeatures, Images, collate
+from train.decode import SEARCHES, TextEncoder, decode
 from train.model import Captioner
 
 
@@ -86,11 +91,35 @@ def _region_keywords(ids: torch.Tensor, scores: torch.Tensor, words: list[str], 
     return sorted(local.items(), key=lambda kv: -kv[1])[:top]
 
 
+def report_items(model: Captioner, config: Mapping[str, Any], features: CachedFeatures, indices: list[int],
+                 images: list[Path], ids: list[str], cfg: DecodeConfig, top: int, device: torch.device | str,
+                 encode: TextEncoder | None = None) -> list[ReportItem]:
+    """A ReportItem (references and scores left empty) per store index: what the report stage
+    shows of a test image and the demo of an upload. ``cfg``'s re-ranking picks among beams, so
+    greedy decoding goes without it; ``encode`` is CLIP's text tower for ``rerank: clip``."""
+    items = Images(features, indices).__getitems__(list(range(len(indices))))
+    batch = {k: v.to(device) for k, v in collate(items).items()}
+    explanations = explain(model, batch, config["scene_words"], config["object_words"], top)
+    captions = {m: decode(model, batch, dataclasses.replace(cfg, method=m, rerank=cfg.rerank if m != "greedy"
+                                                            else "none"), encode) for m in SEARCHES}
+    boxes, counts = (features.readers["regions"].rows(indices, name) for name in ("boxes", "counts"))
+    keywords = features.readers["region_keywords"].rows(indices, "ids")
+    out = []
+    for k, (image_id, path) in enumerate(zip(ids, images)):
+        n = int(counts[k])
+        labels = [config["object_words"][i] if i >= 0 else "region" for i in keywords[k][:n, 0].tolist()]
+        out.append(ReportItem(image_id, path, boxes[k][:n].astype(float), labels, explanations[k],
+                              {m: captions[m][k] for m in SEARCHES}, []))
+    return out
+
+
 def draw(item: ReportItem, px: int) -> Image.Image:
-    """The image with its boxes, KNN edges (width ~ attention) and nodes (size ~ attention)."""
-    image = Image.open(item.image).convert("RGB")
-    scale = px / max(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)))
+    """The image with its boxes, KNN edges (width ~ attention) and nodes (size ~ attention). Read
+    as the extractors read it (upright, any mode; a huge one at reduced size): the boxes are in
+    the upright original's pixels."""
+    height, width = original_size(item.image)
+    scale = px / max(height, width)
+    image = load_rgb(item.image, max_side=2 * px).resize((round(width * scale), round(height * scale)))
     canvas = ImageDraw.Draw(image)
     boxes = item.boxes * scale
     centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
@@ -111,7 +140,9 @@ def _pairs(values: list[tuple[str, float]]) -> str:
     return ", ".join(f"{html.escape(w)} <small>{v:.2f}</small>" for w, v in values) or "–"
 
 
-def _section(item: ReportItem, picture: str) -> str:
+def section(item: ReportItem, picture: str) -> str:
+    """One image's block: its drawing (``picture``: a URL), captions, keywords with the gate and,
+    for an image of a data set, its scores and references."""
     e = item.explanation
     captions = "".join(f"<tr><th>{html.escape(k)}</th><td class='caption'>{html.escape(v)}</td></tr>"
                        for k, v in item.captions.items())
@@ -125,8 +156,8 @@ def _section(item: ReportItem, picture: str) -> str:
 <p><b>Global keywords:</b> {_pairs(e.scene)}</p>
 <p><b>Local keywords:</b> {_pairs(e.local)} (mean gate {gate})</p>
 <p><b>Regions:</b> {len(item.labels)}, graph edges {len(e.edges)}</p>
-<p><b>Scores:</b> {scores or '–'}</p>
-<p><b>References:</b></p><ul>{refs}</ul></div>
+{f"<p><b>Scores:</b> {scores}</p>" if scores else ""}
+{f"<p><b>References:</b></p><ul>{refs}</ul>" if refs else ""}</div>
 </section>"""
 
 
@@ -137,6 +168,9 @@ img{flex:none}td.caption{font-size:1.1em}th{text-align:left;padding-right:1em;co
 #error-analysis{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start;margin-bottom:2em}
 #error-analysis h2{flex-basis:100%;margin:0}#error-analysis caption{text-align:left;font-weight:bold}
 #error-analysis td{text-align:right;padding:0 .4em}#error-analysis td.right{background:#dff0d8}"""
+
+LEGEND = ("Boxes: detected regions (label = first local keyword). Cyan lines: KNN graph edges, width ∝ last-layer "
+          "GAT attention. Red dots: attention each region receives.")
 
 # filled in by the browser once every picture has decoded: what the headless-browser test reads
 CHECK = """<script>window.addEventListener('load',()=>{const i=[...document.images];
@@ -160,12 +194,11 @@ def write_report(items: list[ReportItem], folder: Path, px: int, title: str,
     for item in items:
         picture = f"images/{item.id}.png"
         draw(item, px).save(folder / picture)
-        sections.append(_section(item, picture))
+        sections.append(section(item, picture))
     page = folder / "index.html"
     page.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style>{CHECK}</head><body><h1>{html.escape(title)}</h1>
-<p>Boxes: detected regions (label = first local keyword). Cyan lines: KNN graph edges, width ∝ last-layer GAT
-attention. Red dots: attention each region receives.</p>
+<p>{LEGEND}</p>
 {_error_analysis(analysis)}{''.join(sections)}</body></html>
 """, encoding="utf-8")
     return page

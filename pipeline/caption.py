@@ -12,14 +12,18 @@ naming the key. Unusable files are reported (with the reason) and the others sti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 import transformers
@@ -56,43 +60,79 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def caption_files(paths: list[Path], model_dir: Path, params: Params, device: torch.device) -> list[dict[str, Any]]:
-    """One record per path, in order: {"file", "caption", "regions" (how many were detected)} or
-    {"file", "error"}."""
-    model, config = load_captioner(model_dir)
-    records = expected(params)
-    wanted = set(stored_kinds(params)) | ({"region_clip"} if model.cfg.reads_region_clip else set())
-    for kind in set(IMAGE_FEATURES) & wanted:  # the extractors configured now must be those it was trained on
-        check_provenance(model_dir / "config.json", config["features"][kind], records[kind])
-    entries = [{"id": f"{i:08d}", "path": str(path.resolve()), "split": "new", "captions": []}
-               for i, path in enumerate(paths)]
-    manifest = {"image_root": "/", "images": entries}
-    with tempfile.TemporaryDirectory(prefix="graphcap-caption-") as tmp:
+class NewImages:
+    """A model folder with what it reads loaded once (the model, the extractors, the re-ranker),
+    captioning files through a scratch store of real shards: `caption` makes one and calls it
+    once, the demo server keeps one for every upload. One call at a time: the store is shared."""
+
+    def __init__(self, model_dir: Path, params: Params, device: torch.device | str):
+        self.model, self.config = load_captioner(model_dir)
+        self.model.to(device)
+        self.params, self.device, self.records = params, device, expected(params)
+        wanted = set(stored_kinds(params)) | ({"region_clip"} if self.model.cfg.reads_region_clip else set())
+        for kind in set(IMAGE_FEATURES) & wanted:  # the extractors configured now must be those it was trained on
+            check_provenance(model_dir / "config.json", self.config["features"][kind], self.records[kind])
+        self._tmp = tempfile.TemporaryDirectory(prefix="graphcap-caption-")
+        self.store = Path(self._tmp.name)
         banks = keyword_banks(params.store.dir)
         if banks.exists():  # retrieval of local keywords reads the object bank from the store
-            keyword_banks(tmp).symlink_to(banks.resolve())
-        scratch = dataclasses.replace(params, store=dataclasses.replace(params.store, dir=tmp))
-        for kind, factory in IMAGE_FEATURES.items():
-            if kind not in wanted:
-                continue  # an optional kind neither these parameters nor the model ask for
-            for_each_shard(scratch, manifest, kind, records[kind], factory(scratch, manifest, device))
-        spec = StoreSpec(Path(tmp), params.store.shard_size, [e["id"] for e in entries], records,
-                         params.store.max_open_shards)
-        features = CachedFeatures(spec, with_tokens=model.clip_tail is not None, with_text=False,
-                                  with_region_clip=model.cfg.reads_region_clip)
-        errors: dict[str, str] = {}
-        for reader in features.readers.values():  # the first stage to reject a file says why
-            for reject in reader.rejects():
-                errors.setdefault(reject["id"], reject["reason"])
-        good = [i for i, e in enumerate(entries) if e["id"] not in errors]
-        rerank = text_encoder(params, device) if params.evaluate.decode.rerank == "clip" else None
-        captions = caption_images(model, Images(features, good), params.evaluate.decode, params.evaluate.batch_size,
-                                  device, rerank) if good else []
-        counts = [int(n) for n in features.readers["regions"].rows(good, "counts")]
-        features.close()
-    by_index = {i: {"caption": c, "regions": n} for i, c, n in zip(good, captions, counts)}
-    return [{"file": str(path), **by_index[i]} if i in by_index else
-            {"file": str(path), "error": errors[entries[i]["id"]]} for i, path in enumerate(paths)]
+            keyword_banks(self.store).symlink_to(banks.resolve())
+        self.scratch = dataclasses.replace(params, store=dataclasses.replace(params.store, dir=str(self.store)))
+        root = {"image_root": "/", "images": []}  # the extractors read only the root: entries hold absolute paths
+        self.computes = {kind: factory(self.scratch, root, device) for kind, factory in IMAGE_FEATURES.items()
+                         if kind in wanted}  # an optional kind neither these parameters nor the model ask for: not run
+        self.rerank = text_encoder(params, device) if params.evaluate.decode.rerank == "clip" else None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tmp.cleanup()
+
+    @contextlib.contextmanager
+    def features(self, paths: list[Path]) -> Iterator[tuple[CachedFeatures, list[int], dict[int, str]]]:
+        """The files' features, by position: (the features, positions of the usable files,
+        position → why the others were rejected: the first stage to reject a file says why)."""
+        with self._lock:
+            for kind in self.computes:  # every call starts from an empty store: ids repeat across calls
+                shutil.rmtree(self.store / kind, ignore_errors=True)
+            entries = [{"id": f"{i:08d}", "path": str(path.resolve()), "split": "new", "captions": []}
+                       for i, path in enumerate(paths)]
+            manifest = {"image_root": "/", "images": entries}
+            for kind, compute in self.computes.items():
+                for_each_shard(self.scratch, manifest, kind, self.records[kind], compute)
+            spec = StoreSpec(self.store, self.params.store.shard_size, [e["id"] for e in entries], self.records,
+                             self.params.store.max_open_shards)
+            features = CachedFeatures(spec, with_tokens=self.model.clip_tail is not None, with_text=False,
+                                      with_region_clip=self.model.cfg.reads_region_clip)
+            try:
+                index = {e["id"]: i for i, e in enumerate(entries)}
+                errors: dict[int, str] = {}
+                for reader in features.readers.values():
+                    for reject in reader.rejects():
+                        errors.setdefault(index[reject["id"]], reject["reason"])
+                yield features, [i for i in range(len(entries)) if i not in errors], errors
+            finally:
+                features.close()
+
+    def caption(self, paths: list[Path]) -> list[dict[str, Any]]:
+        """One record per path, in order: {"file", "caption", "regions" (how many were detected)}
+        or {"file", "error"}."""
+        cfg = self.params.evaluate
+        with self.features(paths) as (features, good, errors):
+            captions = caption_images(self.model, Images(features, good), cfg.decode, cfg.batch_size, self.device,
+                                      self.rerank) if good else []
+            counts = [int(n) for n in features.readers["regions"].rows(good, "counts")]
+        by_index = {i: {"caption": c, "regions": n} for i, c, n in zip(good, captions, counts)}
+        return [{"file": str(path), **by_index[i]} if i in by_index else {"file": str(path), "error": errors[i]}
+                for i, path in enumerate(paths)]
+
+
+def caption_files(paths: list[Path], model_dir: Path, params: Params, device: torch.device) -> list[dict[str, Any]]:
+    """:meth:`NewImages.caption` of a model folder loaded for this call alone."""
+    with NewImages(model_dir, params, device) as images:
+        return images.caption(paths)
 
 
 def trained_on(model_dir: Path) -> str | None:
@@ -101,6 +141,14 @@ def trained_on(model_dir: Path) -> str | None:
     if not config.is_file():
         raise FileNotFoundError(f"{model_dir}: not a trained model folder (no config.json)")
     return json.loads(config.read_text()).get("dataset")
+
+
+def demo_world_note(model_dir: Path) -> str | None:
+    """What to tell someone captioning their photos with a model of the demo world (else None)."""
+    if trained_on(model_dir) != DEMO_WORLD:
+        return None
+    return (f"{model_dir} was trained on the built-in demo world (coloured shapes): it describes every image in "
+            "that world's words; train on your own data set for real photos (see README)")
 
 
 def quiet() -> None:
@@ -133,10 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         if not paths:
             raise FileNotFoundError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
                                     f"{', '.join(map(str, args.inputs))}")
-        if trained_on(args.model) == DEMO_WORLD:
-            print(f"note: {args.model} was trained on the built-in demo world (coloured shapes): it describes every "
-                  "image in that world's words; train on your own data set for real photos (see README)",
-                  file=sys.stderr)
+        note = demo_world_note(args.model)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         results = caption_files(paths, args.model, params, device_of(params.store.device))
     except (OSError, ValueError, StoreError) as err:  # ParamsError is a ValueError
         print(f"graphcap-caption: {err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Shared fixtures: small models and data the tests build themselves."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # The 48 real photos live outside the project (never copied in); found as make paper-check finds
 # them. Where they are absent, the tests that need them skip, naming this path.
 REAL_SAMPLE = find_real_sample() or ROOT.parent / "shared" / "data" / "real_sample"
+
+
+def real_photos() -> list[Path]:
+    """The real photos in their dataset.json's order; the test calling this skips where they are absent."""
+    if not (REAL_SAMPLE / "dataset.json").is_file():
+        pytest.skip(f"no real photos at {REAL_SAMPLE} (the shared real_sample folder is absent)")
+    entries = json.loads((REAL_SAMPLE / "dataset.json").read_text())["images"]
+    return [REAL_SAMPLE / "images" / e["filepath"] / e["filename"] for e in entries]
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +74,29 @@ def tiny_clip(tmp_path_factory):
     save_file(model.state_dict(), str(folder / "test-clip.safetensors"))
     return ClipConfig(model="test-clip", pretrained=str(folder / "test-clip.safetensors"),
                       config_file=str(folder / "test-clip.json"), tokenizer=str(folder / "tok")), model
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A 12-image world run through every stage (one short epoch per phase, greedy decoding): the
+    trained model folder and store that `graphcap-caption` and `graphcap-demo` are tested with."""
+    from pipeline.stages import (
+        clip_image,
+        clip_text,
+        evaluate,
+        knn,
+        prepare,
+        region_clip,
+        region_keywords,
+        regions,
+        train,
+        world,
+    )
+
+    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip, train, evaluate)
+    return tiny_project(tmp_path_factory.mktemp("caption"), stages, n_train=8,
+                        train={"phase1_epochs": 1, "phase2_epochs": 1, "batch_size": 8, "val_images": 0},
+                        evaluate={"decode": {"method": "greedy"}})
 
 
 def tiny_project(folder: Path, stages=(), n_train: int = 6, **sections: dict) -> Path:

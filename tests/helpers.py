@@ -1,5 +1,7 @@
 """Helpers the model-level tests share: synthetic feature items and a tiny captioner over the
 tiny GPT-2 of the ``tiny_language`` fixture (tests/conftest.py)."""
+import shutil
+
 import numpy as np
 import torch
 
@@ -8,6 +10,9 @@ from train.losses import total_loss
 from train.model import Captioner, FeatureDims, load_gpt2
 
 D_CLIP, D_REGION, SCENES, OBJECTS = 16, 24, 6, 5
+# Debian's chromium (`make browser`), which the browser tests drive offline; without it they skip
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def synthetic_items(n=3, seed=0, tokenizer=None) -> list[dict]:

@@ -13,29 +13,7 @@ from PIL import Image
 from features.store import StoreError
 from pipeline import caption
 from pipeline.params import load_params
-from pipeline.stages import (
-    clip_image,
-    clip_text,
-    evaluate,
-    knn,
-    prepare,
-    region_clip,
-    region_keywords,
-    regions,
-    train,
-    world,
-)
-from tests.conftest import REAL_SAMPLE, tiny_project
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 12-image world run through every stage (one short epoch per phase, greedy decoding)."""
-    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip, train, evaluate)
-    project = tiny_project(tmp_path_factory.mktemp("caption"), stages, n_train=8,
-                           train=dict(phase1_epochs=1, phase2_epochs=1, batch_size=8, val_images=0),
-                           evaluate={"decode": {"method": "greedy"}})
-    return project
+from tests.conftest import real_photos
 
 
 def test_new_images_get_the_pipelines_captions(trained, tmp_path, monkeypatch):
@@ -78,13 +56,6 @@ def test_model_of_other_features_is_refused(trained, tmp_path, monkeypatch):
         caption.caption_files([trained / "data/world/images/000000.png"], trained / "models/captioner", other, "cpu")
 
 
-def _real_photos() -> list:
-    if not (REAL_SAMPLE / "dataset.json").is_file():
-        pytest.skip(f"no real photos at {REAL_SAMPLE} (the shared real_sample folder is absent)")
-    entries = json.loads((REAL_SAMPLE / "dataset.json").read_text())["images"]
-    return [REAL_SAMPLE / "images" / e["filepath"] / e["filename"] for e in entries]
-
-
 def _caption_alone(path) -> dict:
     """`graphcap-caption <one file> --jsonl`: exit 0, one JSON line with a caption, and on stderr
     only the demo-world note: no bar, warning or traceback (an uncaught error would raise here)."""
@@ -105,7 +76,7 @@ def regions_alone(trained):
     regions is a batch where no image has a pair): photo → regions detected."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(trained)
-        return {path: _caption_alone(path)["regions"] for path in _real_photos()}
+        return {path: _caption_alone(path)["regions"] for path in real_photos()}
 
 
 def test_every_real_photo_alone_gets_a_caption(regions_alone):
@@ -142,7 +113,7 @@ def _awkward_files(folder, photo) -> list:
 
 def test_awkward_files_each_get_a_caption(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(trained)
-    for path in _awkward_files(tmp_path, _real_photos()[0]):
+    for path in _awkward_files(tmp_path, real_photos()[0]):
         _caption_alone(path)
 
 

@@ -1,7 +1,6 @@
 """The visual report: built from a real model's attention and keywords, rendered by a real
 headless browser (Debian's chromium), offline."""
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -9,10 +8,15 @@ import pytest
 from PIL import Image
 
 from eval.report import ReportItem, explain, write_report
-from tests.helpers import OBJECTS, SCENES, synthetic_items, tiny_captioner
+from tests.helpers import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    OBJECTS,
+    SCENES,
+    synthetic_items,
+    tiny_captioner,
+)
 from train.data import collate
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
@@ -46,8 +50,7 @@ def test_explanations_come_from_the_model(report):
 def test_report_renders_offline_in_a_headless_browser(report, tmp_path):
     page, _ = report
     assert sorted(p.name for p in (page.parent / "images").iterdir()) == ["im0.png", "im1.png", "im2.png"]
-    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--virtual-time-budget=5000"]
+    browser = [CHROMIUM, *CHROMIUM_FLAGS, "--virtual-time-budget=5000"]
     dom = subprocess.run(browser + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
                          check=True).stdout
     assert 'data-images-loaded="3/3"' in dom  # every picture decoded, from local files only
