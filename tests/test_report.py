@@ -46,6 +46,15 @@ def test_explanations_come_from_the_model(report):
     assert e.gate is not None and 0 < e.gate < 1
 
 
+def test_graph_keywords_explained_by_the_nodes_attention(tiny_language):
+    model = tiny_captioner(tiny_language, local_text="graph")
+    batch = collate(synthetic_items(n=2))
+    words = [f"object <{i}>" for i in range(OBJECTS)]
+    e = explain(model, batch, [f"scene{i}" for i in range(SCENES)], words, top=3)[0]
+    attention = model.prefix(batch).local_attention[0]
+    assert [w for w, _ in e.local] == [words[i] for i in attention.topk(3).indices.tolist()]  # not the stored ids
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 def test_report_renders_offline_in_a_headless_browser(report, tmp_path):
     page, _ = report
