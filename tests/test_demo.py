@@ -133,15 +133,16 @@ def test_help_from_the_command_line():
     assert "--model" in result.stdout and "--max-bytes" in result.stdout
 
 
-def test_the_command_serves_and_prints_its_url(trained):
+def test_the_command_serves_and_prints_its_url(trained, tmp_path):
     """`python -m pipeline.demo --port 0` in a project: the URL on stdout, the page served there."""
     command = [sys.executable, "-m", "pipeline.demo", "--port", "0", "--max-bytes", "1000"]
-    with subprocess.Popen(command, cwd=trained, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}) as process:
+    stderr = tmp_path / "stderr.txt"  # a file, not a pipe: a full, unread pipe would block the server's logging
+    with stderr.open("w") as errors, subprocess.Popen(command, cwd=trained, stdout=subprocess.PIPE, stderr=errors,
+                                                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}) as process:
         try:
             line = process.stdout.readline()
             url = re.fullmatch(r"graphcap-demo: serving (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops\)\n", line)
-            assert url, line + process.stderr.read() if process.poll() is not None else line
+            assert url, line + stderr.read_text()
             status, page = get(url[1])
             assert status == 200 and "at most 1,000 bytes" in page
         finally:
