@@ -22,6 +22,7 @@ Without CUDA it says so and exits 0, unless --device cpu asks for the CPU.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ from torchvision.transforms.functional import to_tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.clip import load_clip  # noqa: E402
+from features.clip import ClipTail, load_clip  # noqa: E402
 from features.detectors import detect_regions, load_detector  # noqa: E402
 from features.images import load_rgb  # noqa: E402
 from features.knn import knn_graphs  # noqa: E402
@@ -145,17 +146,22 @@ def knn_row(params: Params, regions: dict, copies: int) -> Row:
             "faiss on the GPU when its build has GPU support")
 
 
-def paper_model(params: Params, device: torch.device) -> Captioner:
+def paper_model(params: Params, region_dim: int, device: torch.device) -> Captioner:
+    """The preset's captioner (with its own copy of CLIP's tail when the preset fine-tunes it)."""
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
-    dims = FeatureDims(clip=512, region=1024, scene_bank=params.keywords.scene_bank_size, object_bank=91)
+    dims = FeatureDims(clip=512, region=region_dim, scene_bank=params.keywords.scene_bank_size, object_bank=91)
+    tail = (copy.deepcopy(ClipTail(load_clip(params.clip, torch.device("cpu")).model.visual))
+            if params.model.finetune_clip else None)
     torch.manual_seed(0)
-    model = Captioner(params.model, dims, gpt2, tokenizer, torch.randn(dims.scene_bank, 512), torch.randn(91, 512))
+    model = Captioner(params.model, dims, gpt2, tokenizer, torch.randn(dims.scene_bank, 512), torch.randn(91, 512),
+                      tail)
     set_phase(model, 2)  # phase 2: GPT-2 trains too (the heavier step)
     return model.to(device).train()
 
 
-def write_store(folder: Path, regions: dict, n_images: int, shard_size: int, k: int) -> list[str]:
-    """A store of ``n_images`` paper-size images (the measured images' regions, repeated)."""
+def write_store(folder: Path, regions: dict, n_images: int, shard_size: int, k: int, tokens: bool) -> list[str]:
+    """A store of ``n_images`` paper-size images (the measured images' regions, repeated; with
+    ``tokens``, CLIP's (50, 768) tokens that fine-tuning its tail reads)."""
     rng, ids = np.random.default_rng(0), [str(i) for i in range(n_images)]
     take = np.arange(n_images) % len(regions["counts"])
     n_max = regions["features"].shape[1]
@@ -164,7 +170,8 @@ def write_store(folder: Path, regions: dict, n_images: int, shard_size: int, k: 
     for index, part in enumerate(shard_slices(n_images, shard_size)):
         rows, m = take[part], part.stop - part.start
         kinds = {
-            "clip_image": {"embeddings": rng.normal(size=(m, 512)).astype(np.float16)},
+            "clip_image": {"embeddings": rng.normal(size=(m, 512)).astype(np.float16),
+                           **({"tokens": rng.normal(size=(m, 50, 768)).astype(np.float16)} if tokens else {})},
             "regions": {name: regions[name][rows] for name in ("features", "boxes", "scores", "labels", "counts",
                                                                 "image_sizes")},
             "knn": {"neighbors": neighbors[rows], "weights": weights[rows].astype(np.float16)},
@@ -181,10 +188,12 @@ def write_store(folder: Path, regions: dict, n_images: int, shard_size: int, k: 
 def training_rows(params: Params, regions: dict, device: torch.device, steps: int, folder: Path) -> list[Row]:
     """Training step in fp32 and bf16, then the loader's share of a step."""
     cfg = params.train
-    model = paper_model(params, device)
+    model = paper_model(params, regions["features"].shape[-1], device)
     n_images = max(2, -(-cfg.batch_size * steps // len(CAPTIONS)))  # about ``steps`` batches of pairs
-    ids = write_store(folder, regions, n_images, params.store.shard_size, params.model.keyword_top_k)
-    features = CachedFeatures(StoreSpec(folder, params.store.shard_size, ids, {}, params.store.max_open_shards))
+    tokens = model.clip_tail is not None
+    ids = write_store(folder, regions, n_images, params.store.shard_size, params.model.keyword_top_k, tokens)
+    features = CachedFeatures(StoreSpec(folder, params.store.shard_size, ids, {}, params.store.max_open_shards),
+                              with_tokens=tokens)
     pairs = CaptionPairs(features, list(range(n_images)), [CAPTIONS] * n_images, model.tokenizer, cfg.max_tokens)
     sampler = GlobalBatches(len(pairs), cfg.batch_size, cfg.seed, 0, World(), pairs.item_shards(),
                             params.store.max_open_shards // 2)

@@ -18,6 +18,7 @@ import html
 import io
 import logging
 import re
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -197,6 +198,10 @@ class DemoServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
+def stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -219,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graphcap-demo: {err}", file=sys.stderr)
         return 2
     print(f"graphcap-demo: serving {server.url} (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends it as Ctrl-C does
     with images, server:
         try:
             server.serve_forever()

@@ -4,7 +4,6 @@ gets its captions and the report's drawing."""
 import io
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -146,8 +145,11 @@ def test_the_command_serves_and_prints_its_url(trained, tmp_path):
             status, page = get(url[1])
             assert status == 200 and "at most 1,000 bytes" in page
         finally:
-            process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=30) == 0  # Ctrl-C ends it cleanly
+            process.terminate()
+            try:
+                assert process.wait(timeout=30) == 0  # stopped cleanly, as by Ctrl-C
+            finally:
+                process.kill()  # never left behind, whatever failed
 
 
 def test_a_missing_model_is_one_line(trained, monkeypatch, capsys):

@@ -46,7 +46,7 @@ def test_paper_size_models_run_every_feature_stage(paper_project, monkeypatch):
     assert tokens.shape == (50, 768) and tokens.dtype == np.float16  # entering the last two blocks
     reader = FeatureReader(store, "regions", 1, 2, {})
     count = int(reader.row(0, "counts"))
-    assert 1 <= count <= 36 and reader.row(0, "features").shape == (36, 1024)  # R50-FPN box head
+    assert 1 <= count <= 36 and reader.row(0, "features").shape == (36, 2048)  # R50-FPN C5, RoIAlign-pooled
     neighbors = FeatureReader(store, "knn", 1, 2, {}).row(0, "neighbors")
     assert neighbors.shape == (36, 5) and (neighbors[:count] < count).all()
     assert FeatureReader(store, "clip_text", 1, 2, {}).captions([0])[0].shape == (5, 512)
