@@ -75,15 +75,20 @@ def evaluating(model: nn.Module):
         model.train(was_training)
 
 
+def check_sampling(samples: int, baseline: str) -> None:
+    """At least one sample per image; the mean baseline (of an image's other samples) needs two."""
+    if samples < 1 or (baseline == "mean" and samples < 2):
+        raise ValueError(f"train.scst_samples: {samples} (at least 1; with train.scst_baseline mean, the mean of "
+                         "an image's other samples, it needs at least 2)")
+
+
 class SelfCritical(nn.Module):
     """The SCST loss as a module's forward (so DDP synchronises its gradients)."""
 
     def __init__(self, model: Captioner, reward: Reward, max_tokens: int, samples: int = 1,
                  baseline: str = "greedy"):
         super().__init__()
-        if baseline == "mean" and samples < 2:
-            raise ValueError("train.scst_baseline mean is the mean of an image's other samples: "
-                             "it needs train.scst_samples >= 2")
+        check_sampling(samples, baseline)
         self.model, self.reward, self.max_tokens = model, reward, max_tokens
         self.samples, self.baseline = samples, baseline
 

@@ -26,7 +26,7 @@ from train.data import collate
 from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
 from train.losses import total_loss
 from train.model import Captioner
-from train.scst import Reward, SelfCritical
+from train.scst import Reward, SelfCritical, check_sampling
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,7 @@ def check_scst(cfg: TrainConfig, scst: SelfCriticalStage | None) -> None:
     if cfg.scst_reward == "clip" and cfg.labelled_fraction == 1:
         raise ValueError("train.scst_reward clip trains on the images left unlabelled: it needs "
                          "train.labelled_fraction < 1 (the cider reward trains on the labelled ones)")
-    if cfg.scst_samples < 1 or (cfg.scst_baseline == "mean" and cfg.scst_samples < 2):
-        raise ValueError(f"train.scst_samples: {cfg.scst_samples} (the mean baseline needs at least 2)")
+    check_sampling(cfg.scst_samples, cfg.scst_baseline)
     if scst is None:
         raise ValueError("train.scst_epochs: no images and reward were given for the SCST epochs")
 
