@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_BYTES = 20 * 2**20  # an upload larger than this is refused (a 24 MP JPEG is ~10 MB)
 FORM_SLACK = 64 * 2**10  # the multipart wrapping around the file, allowed on top of the limit
+FILENAME = re.compile(rb'filename="([^"\r\n]*)"')  # a multipart part's file name, in its header
 
 # Dropping a file on the zone submits it; choosing one with the button waits for "Caption".
 SCRIPT = """<script>const f=document.getElementById('upload'),z=document.getElementById('drop');
@@ -116,7 +117,7 @@ def parse_upload(content_type: str, body: bytes) -> tuple[str, bytes]:
         raise BadUpload(HTTPStatus.BAD_REQUEST, "not a file upload (send the form: multipart/form-data)")
     for part in body.split(b"--" + boundary[1].encode("latin-1")):
         head, blank, data = part.partition(b"\r\n\r\n")
-        filename = re.search(rb'filename="([^"\r\n]*)"', head)
+        filename = FILENAME.search(head)
         if blank and filename:
             name = filename[1].decode("utf-8", "replace")
             if not name:
@@ -159,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
         if length <= limit + FORM_SLACK:
             return parse_upload(content_type, self.rfile.read(length))
         head = self.rfile.read(min(length, FORM_SLACK))
-        filename = re.search(rb'filename="([^"\r\n]*)"', head)
+        filename = FILENAME.search(head)
         left = length - len(head)
         while left > 0:
             chunk = self.rfile.read(min(left, 2**20))
