@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLIT = {"train": 32, "val": 8, "test": 8}  # of the 48 photos, in the order of their dataset.json
 EPOCHS = {"phase1_epochs": 0, "phase2_epochs": 1}  # one epoch, GPT-2 training too (phase 2)
 RESULTS = ("results/metrics.json", "results/captions.json", "results/report/index.html")
+# Peak disk of one run (CPU, measured: 5.6 GB left at the end — random weights as built, as
+# resolved by the weights stage and in DVC's cache; the trained and released model and its cache
+# copy — plus the 0.6 GB training checkpoint while train runs), with a margin
+DISK_NEEDED = 8 * 2**30
 
 
 def find_real_sample() -> Path | None:
@@ -124,7 +128,7 @@ def run_repro(project: Path, log_file: Path) -> dict[str, float]:
         times[stage] = time.perf_counter() - since
     if code:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"dvc repro failed (exit {code}) in {project}; its log: {log_file}\n{tail}")
+        raise RuntimeError(f"dvc repro failed (exit {code}); the last lines of its log:\n{tail}")
     return times
 
 
@@ -147,11 +151,25 @@ def check(project: Path, sample: Path, keep: bool) -> dict:
             "CIDEr": metrics["CIDEr"]}
 
 
+def _after_failure(work: Path, keep: bool) -> str:
+    """Keeps the failed project with --keep; otherwise only its log, so that failed runs do not
+    fill the disk (one run leaves gigabytes of weights and models)."""
+    project = work / "project"
+    if keep:
+        return f"(the project is kept for inspection: {project})"
+    log_file = project / "repro.log"
+    if log_file.is_file():
+        shutil.move(log_file, work / "repro.log")
+    shutil.rmtree(project, ignore_errors=True)
+    kept = f"its log is kept: {work / 'repro.log'}; " if (work / "repro.log").is_file() else ""
+    return f"({kept}rerun with --keep to keep the whole project)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-sample", type=Path,
                         help="the folder of real photos (default: found as the tests find it)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary project for inspection")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary project for inspection (by default a failed run keeps only its log)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sample = args.real_sample or find_real_sample()
@@ -159,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         print("paper-check: no real_sample folder (set GRAPHCAP_REAL_SAMPLE to the folder holding dataset.json "
               "and images/)", file=sys.stderr)
         return 2
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < DISK_NEEDED:
+        print(f"paper-check: {tempfile.gettempdir()} has {free / 2**30:.1f} GB free, a run needs "
+              f"{DISK_NEEDED / 2**30:.0f} GB (set TMPDIR to a folder on a larger disk)", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="graphcap-paper-check-"))
     try:
         summary = check(work / "project", sample, args.keep)
     except (RuntimeError, ValueError, OSError, subprocess.CalledProcessError) as err:
-        print(f"paper-check: FAILED: {err}\n(the project is kept for inspection: {work / 'project'})", file=sys.stderr)
+        print(f"paper-check: FAILED: {err}\n{_after_failure(work, args.keep)}", file=sys.stderr)
         return 1
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
