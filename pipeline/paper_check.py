@@ -9,7 +9,10 @@ as local files: no hub is reached), the data set (the 48 real photos of ``real_s
 human captions, given a fixed train / val / test split) and the schedule (one epoch). Random
 weights make the captions meaningless: what this proves is that the paper-size path runs end to
 end on real photos — every image size and format, images with 0 or 1 detected region — and
-leaves results/metrics.json and the report. Exits non-zero, with the log's tail, if it does not.
+leaves results/metrics.json and the report; then the released model captions three of the photos
+beside an empty and a non-image file with `graphcap-caption`, as a user captions new photos (each
+photo gets a caption, each bad file a reason; its time and peak memory are printed). Exits
+non-zero, with the log's tail, if any of it fails.
 """
 from __future__ import annotations
 
@@ -132,6 +135,30 @@ def run_repro(project: Path, log_file: Path) -> dict[str, float]:
     return times
 
 
+def caption_new_photos(project: Path, photos: list[Path]) -> dict[str, float]:
+    """`graphcap-caption` with the released model on ``photos`` plus an empty and a non-image file:
+    a caption per photo, a reason per bad file. Returns its seconds and peak RSS (GB)."""
+    bad = [project / "empty.jpg", project / "not-an-image.jpg"]
+    bad[0].write_bytes(b"")
+    bad[1].write_text("a caption, not a photo\n")
+    started = time.perf_counter()
+    with (project / "caption.out").open("w") as out_file, (project / "caption.err").open("w") as err_file:
+        run = subprocess.Popen([sys.executable, "-m", "pipeline.caption", "--model", "models/release", "--jsonl",
+                                *map(str, photos + bad)], cwd=project, stdout=out_file, stderr=err_file)
+        _, status, usage = os.wait4(run.pid, 0)  # this child's own peak memory, not the stages'
+    run.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    out, err = (project / "caption.out").read_text(), (project / "caption.err").read_text()
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    captioned = [r for r in records if r.get("caption", "").strip()]
+    refused = [r for r in records if r.get("error") and Path(r["file"]).name in {f.name for f in bad}]
+    if run.returncode != 1 or len(captioned) != len(photos) or len(refused) != len(bad):
+        raise RuntimeError(f"graphcap-caption (exit {run.returncode}) captioned {len(captioned)} of "
+                           f"{len(photos)} photos and refused {len(refused)} of {len(bad)} bad files:\n"
+                           f"{out}{err[-2000:]}")
+    return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 2**20}  # ru_maxrss: KiB on Linux
+
+
 def check(project: Path, sample: Path, keep: bool) -> dict:
     started = time.perf_counter()
     copy_project(project)
@@ -146,9 +173,12 @@ def check(project: Path, sample: Path, keep: bool) -> dict:
     if missing:
         raise RuntimeError(f"dvc repro left no {', '.join(missing)} in {project}")
     metrics = json.loads((project / "results/metrics.json").read_text())
+    data = project / "data/real_sample"
+    tests = [e for e in json.loads((data / "dataset.json").read_text())["images"] if e["split"] == "test"]
+    captioning = caption_new_photos(project, [data / "images" / e["filepath"] / e["filename"] for e in tests[:3]])
     return {"project": str(project) if keep else None, "prepare_s": prepared, "stages_s": stages,
             "total_s": time.perf_counter() - started, "test_images": metrics["n_images"],
-            "CIDEr": metrics["CIDEr"]}
+            "CIDEr": metrics["CIDEr"], "caption": captioning}
 
 
 def _after_failure(work: Path, keep: bool) -> str:
@@ -192,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     for stage, seconds in summary["stages_s"].items():
         print(f"  {stage:<16}{seconds:8.1f} s")
+    print(f"  graphcap-caption, 3 photos and 2 bad files: {summary['caption']['seconds']:.1f} s, "
+          f"peak RSS {summary['caption']['peak_rss_gb']:.2f} GB")
     kept = f"; kept in {summary['project']}" if args.keep else ""
     print(f"paper-check: passed in {summary['total_s'] / 60:.1f} min (CPU; weights and copy "
           f"{summary['prepare_s']:.0f} s), {summary['test_images']} test images evaluated{kept}")
