@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.helpers import synthetic_items, tiny_captioner
+from train import trainer
 from train.config import LossConfig, TrainConfig
 from train.data import collate
 from train.trainer import train
@@ -46,6 +47,28 @@ def test_resumed_run_equals_uninterrupted(tiny_language, tmp_path):
         rows = (tmp_path / f"killed/live/plots/metrics/{curve}.tsv").read_text().splitlines()
         assert [r.split("\t")[0] for r in rows] == ["step", "0", "1", "2"], curve
     assert json.loads((tmp_path / "killed/live/metrics.json").read_text())["step"] == 2
+
+
+def test_killed_after_logging_an_epoch_before_its_checkpoint(tiny_language, tmp_path, monkeypatch):
+    """The epoch is redone on resume, and its curve rows are not logged twice."""
+    real_save, saves = trainer.save_checkpoint, []
+
+    def dies_at_the_second_checkpoint(path, state):
+        saves.append(1)
+        if len(saves) == 2:
+            raise Killed  # epoch 1 is logged, its checkpoint never written
+        real_save(path, state)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", dies_at_the_second_checkpoint)
+    with pytest.raises(Killed):
+        _run(tiny_language, tmp_path)
+    rows = (tmp_path / "live/plots/metrics/train/lr.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["step", "0", "1"]  # the window this test is about
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    _run(tiny_language, tmp_path)
+    for curve in ("val/score", "train/loss_total", "train/lr"):
+        rows = (tmp_path / f"live/plots/metrics/{curve}.tsv").read_text().splitlines()
+        assert [r.split("\t")[0] for r in rows] == ["step", "0", "1", "2"], curve
 
 
 def test_checkpoint_of_another_configuration_is_ignored(tiny_language, tmp_path):

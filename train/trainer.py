@@ -217,6 +217,8 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     if cfg.compile:
         model.gpt2.forward = torch.compile(model.gpt2.forward)
     phases = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs + [SCST] * cfg.scst_epochs
+    if start and world.is_main:
+        _forget_logged_epochs(live_dir, start)
     live_or_none = (Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
                     if world.is_main else contextlib.nullcontext())
     with live_or_none as live:
@@ -280,9 +282,19 @@ def _train_one_epoch(model: Captioner, data, optimizer: torch.optim.Optimizer, p
                                        f"epoch {epoch} (phase {phase})"), world)
 
 
+def _forget_logged_epochs(live_dir: Path, start: int) -> None:
+    """Drops the curves' rows of epochs from ``start`` on: a run killed after logging an epoch but
+    before its checkpoint was complete redoes that epoch, and must not log it twice."""
+    for curve in (live_dir / "plots/metrics").rglob("*.tsv"):
+        header, *rows = curve.read_text().splitlines(keepends=True)
+        kept = [row for row in rows if int(row.split("\t", 1)[0]) < start]
+        if len(kept) < len(rows):
+            curve.write_text(header + "".join(kept))
+
+
 def _log_epoch(live: Live, epoch: int, lr: float, losses: dict[str, float], scores: dict[str, float]) -> None:
-    """An epoch's rows are logged together, once it is complete, at step = epoch, so a resumed run
-    adds none twice."""
+    """An epoch's rows are logged together, once it is complete, at step = epoch (a resumed run
+    first drops the rows of the epochs it redoes: :func:`_forget_logged_epochs`)."""
     live.step = epoch
     live.log_metric("train/lr", lr)
     for k, v in losses.items():
