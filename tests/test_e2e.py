@@ -55,10 +55,18 @@ def _set(project: Path, updates: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def first_repro(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny project after its first `dvc repro`, and what that printed (each test below can
+    run alone)."""
     if not DVC.exists():
         pytest.skip(f"dvc is not installed next to {sys.executable}")
-    return _make_project(tmp_path_factory.mktemp("project"))
+    project = _make_project(tmp_path_factory.mktemp("project"))
+    return project, _dvc(project, "repro")
+
+
+@pytest.fixture(scope="module")
+def project(first_repro) -> Path:
+    return first_repro[0]
 
 
 def _make_project(project: Path) -> Path:
@@ -102,8 +110,8 @@ def test_paper_preset_lists_only_the_main_job(tmp_path):
         run.stdout + run.stderr) and "hf download" in run.stdout + run.stderr
 
 
-def test_repro_runs_every_stage_and_writes_metrics(project):
-    output = _dvc(project, "repro")
+def test_repro_runs_every_stage_and_writes_metrics(first_repro):
+    project, output = first_repro
     assert _stages_run(output) == {_stage(name) for name in MAIN_JOB}  # and no study
     metrics = json.loads((project / "results/metrics.json").read_text())
     for name in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"):
