@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLIT = {"train": 32, "val": 8, "test": 8}  # of the 48 photos, in the order of their dataset.json
 EPOCHS = {"phase1_epochs": 0, "phase2_epochs": 1}  # one epoch, GPT-2 training too (phase 2)
 RESULTS = ("results/metrics.json", "results/captions.json", "results/report/index.html")
+CAPTIONED = 3  # test photos captioned with graphcap-caption and the released model after the run
 # Peak disk of one run (CPU, measured: 5.6 GB left at the end — random weights as built, as
 # resolved by the weights stage and in DVC's cache; the trained and released model and its cache
 # copy — plus the 0.6 GB training checkpoint while train runs), with a margin
@@ -175,7 +176,7 @@ def check(project: Path, sample: Path, keep: bool) -> dict:
     metrics = json.loads((project / "results/metrics.json").read_text())
     data = project / "data/real_sample"
     tests = [e for e in json.loads((data / "dataset.json").read_text())["images"] if e["split"] == "test"]
-    captioning = caption_new_photos(project, [data / "images" / e["filepath"] / e["filename"] for e in tests[:3]])
+    captioning = caption_new_photos(project, [data / "images" / e["filepath"] / e["filename"] for e in tests[:CAPTIONED]])
     return {"project": str(project) if keep else None, "prepare_s": prepared, "stages_s": stages,
             "total_s": time.perf_counter() - started, "test_images": metrics["n_images"],
             "CIDEr": metrics["CIDEr"], "caption": captioning}
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-sample", type=Path,
                         help="the folder of real photos (default: found as the tests find it)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary project for inspection (by default a failed run keeps only its log)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary project for inspection (by default a failed run keeps only its log)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sample = args.real_sample or find_real_sample()
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     for stage, seconds in summary["stages_s"].items():
         print(f"  {stage:<16}{seconds:8.1f} s")
-    print(f"  graphcap-caption, 3 photos and 2 bad files: {summary['caption']['seconds']:.1f} s, "
+    print(f"  graphcap-caption, {CAPTIONED} photos and 2 bad files: {summary['caption']['seconds']:.1f} s, "
           f"peak RSS {summary['caption']['peak_rss_gb']:.2f} GB")
     kept = f"; kept in {summary['project']}" if args.keep else ""
     print(f"paper-check: passed in {summary['total_s'] / 60:.1f} min (CPU; weights and copy "

@@ -286,10 +286,12 @@ def _forget_logged_epochs(live_dir: Path, start: int) -> None:
     """Drops the curves' rows of epochs from ``start`` on: a run killed after logging an epoch but
     before its checkpoint was complete redoes that epoch, and must not log it twice."""
     for curve in (live_dir / "plots/metrics").rglob("*.tsv"):
-        header, *rows = curve.read_text().splitlines(keepends=True)
+        header, *rows = curve.read_text().splitlines(keepends=True) or [""]
         kept = [row for row in rows if int(row.split("\t", 1)[0]) < start]
         if len(kept) < len(rows):
-            curve.write_text(header + "".join(kept))
+            tmp = curve.with_name(curve.name + ".tmp")
+            tmp.write_text(header + "".join(kept))
+            tmp.replace(curve)  # a kill now leaves the old curve or the new one, not half of one
 
 
 def _log_epoch(live: Live, epoch: int, lr: float, losses: dict[str, float], scores: dict[str, float]) -> None:
