@@ -22,7 +22,6 @@ Without CUDA it says so and exits 0, unless --device cpu asks for the CPU.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -150,8 +149,7 @@ def paper_model(params: Params, region_dim: int, device: torch.device) -> Captio
     """The preset's captioner (with its own copy of CLIP's tail when the preset fine-tunes it)."""
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
     dims = FeatureDims(clip=512, region=region_dim, scene_bank=params.keywords.scene_bank_size, object_bank=91)
-    tail = (copy.deepcopy(ClipTail(load_clip(params.clip, torch.device("cpu")).model.visual))
-            if params.model.finetune_clip else None)
+    tail = ClipTail(load_clip(params.clip, torch.device("cpu")).model.visual) if params.model.finetune_clip else None
     torch.manual_seed(0)
     model = Captioner(params.model, dims, gpt2, tokenizer, torch.randn(dims.scene_bank, 512), torch.randn(91, 512),
                       tail)

@@ -50,13 +50,19 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def _atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it: a kill leaves the old file or
+    the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomically: a checkpoint that exists is complete. Holds only tensors and plain data, so it
     loads with ``torch.load(weights_only=True)``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    _atomically(path, partial(torch.save, state))
 
 
 def load_checkpoint(path: Path, fingerprint: str, world_size: int = 1) -> dict | None:
@@ -289,9 +295,7 @@ def _forget_logged_epochs(live_dir: Path, start: int) -> None:
         header, *rows = curve.read_text().splitlines(keepends=True) or [""]
         kept = [row for row in rows if int(row.split("\t", 1)[0]) < start]
         if len(kept) < len(rows):
-            tmp = curve.with_name(curve.name + ".tmp")
-            tmp.write_text(header + "".join(kept))
-            tmp.replace(curve)  # a kill now leaves the old curve or the new one, not half of one
+            _atomically(curve, lambda tmp: tmp.write_text(header + "".join(kept)))
 
 
 def _log_epoch(live: Live, epoch: int, lr: float, losses: dict[str, float], scores: dict[str, float]) -> None:
