@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from typing import Any, Self
 import torch
 import transformers
 
+from features.images import file_problem
 from features.store import StoreError, check_provenance
 from pipeline.app import start
 from pipeline.extract import IMAGE_FEATURES
@@ -47,17 +49,27 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders searched recursively for image suffixes, in sorted order."""
+def collect_images(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
+    """The image files to caption, and the inputs refused (path → why): files as given, folders
+    searched recursively, in sorted order, for files with an image suffix (other files in a folder
+    are left out: a filter, not an error). A missing path, a broken symbolic link, a FIFO, socket
+    or device is refused from its stat alone, never opened (opening a FIFO blocks)."""
     files: list[Path] = []
+    refused: dict[Path, str] = {}
     for path in inputs:
-        if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return files
+        for file in _folder_images(path) if os.path.isdir(path) else [path]:  # False, not an error, on EACCES
+            problem = file_problem(file)
+            if problem:
+                refused[file] = problem
+            else:
+                files.append(file)
+    return files, refused
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Everything under ``folder`` named like an image but not a folder (FIFOs and broken links
+    included, so that they are refused by name rather than passed over), sorted."""
+    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not os.path.isdir(f))
 
 
 class NewImages:
@@ -177,14 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.decode:
             decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
             params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
-        paths = collect_images(args.inputs)
-        if not paths:
+        paths, refused = collect_images(args.inputs)
+        if not paths and not refused:
             raise FileNotFoundError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
                                     f"{', '.join(map(str, args.inputs))}")
         note = demo_world_note(args.model)
         if note:
             print(f"note: {note}", file=sys.stderr)
-        results = caption_files(paths, args.model, params, device_of(params.store.device))
+        results = [{"file": str(path), "error": why} for path, why in refused.items()]
+        if paths:
+            results += caption_files(paths, args.model, params, device_of(params.store.device))
     except (OSError, ValueError, StoreError) as err:  # ParamsError is a ValueError
         print(f"graphcap-caption: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from features.store import StoreError
 from pipeline import caption
 from pipeline.params import load_params
 from tests.conftest import real_photos
+from tests.test_images import deadline, make_special_files
 
 
 def test_new_images_get_the_pipelines_captions(trained, tmp_path, monkeypatch):
@@ -26,7 +27,9 @@ def test_new_images_get_the_pipelines_captions(trained, tmp_path, monkeypatch):
         shutil.copy(trained / "data/world" / manifest[record["id"]]["path"], inputs[-1])
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     params = load_params(trained / "params.yaml")
-    results = caption.caption_files(caption.collect_images([tmp_path]), trained / "models/captioner", params, "cpu")
+    files, refused = caption.collect_images([tmp_path])
+    assert not refused
+    results = caption.caption_files(files, trained / "models/captioner", params, "cpu")
     by_file = {r["file"]: r for r in results}
     assert [r["file"] for r in results] == sorted(by_file)  # a folder is read in sorted order
     assert "broken.jpg" in by_file[str(tmp_path / "broken.jpg")]["error"]
@@ -44,8 +47,9 @@ def test_command_line_writes_json_lines_and_fails_on_bad_files(trained, tmp_path
     assert caption.main([str(tmp_path)]) == 1  # still captions a.png, reports empty.png
     captured = capsys.readouterr()
     assert "a.png\t" in captured.out and "empty.png: not captioned" in captured.err
-    assert caption.main([str(tmp_path / "missing.png")]) == 2  # one line naming it, no traceback
-    assert capsys.readouterr().err.strip() == f"graphcap-caption: {tmp_path / 'missing.png'}: no such file or folder"
+    (tmp_path / "empty").mkdir()
+    assert caption.main([str(tmp_path / "empty")]) == 2  # one line naming it, no traceback
+    assert capsys.readouterr().err.strip().startswith(f"graphcap-caption: no image files (.bmp .gif")
 
 
 def test_model_of_other_features_is_refused(trained, tmp_path, monkeypatch):
@@ -123,3 +127,44 @@ def test_a_demo_world_model_says_so_once(trained, tmp_path, monkeypatch, capsys)
         shutil.copy(trained / "data/world/images/000000.png", tmp_path / f"{k}.png")
     assert caption.main([str(tmp_path)]) == 0
     assert capsys.readouterr().err.count("trained on the built-in demo world") == 1
+
+
+def test_missing_and_special_paths_are_refused_by_name_unopened(tmp_path):
+    special = make_special_files(tmp_path)
+    (tmp_path / "notes.txt").write_text("not an image")  # a folder's other files: filtered out, no reason
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    with deadline(5):
+        files, refused = caption.collect_images([tmp_path, tmp_path / "missing.jpg", tmp_path / "fifo.jpg"])
+    assert files == [tmp_path / "ok.png"]
+    assert refused == special | {tmp_path / "missing.jpg": "no such file or folder"}
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith("note: ")]  # the demo-world note
+
+
+def test_a_missing_path_or_a_fifo_is_reported_and_the_rest_captioned(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(trained)
+    special = make_special_files(tmp_path)
+    shutil.copy(trained / "data/world/images/000000.png", tmp_path / "a.png")
+    missing = tmp_path / "missing.jpg"
+    with deadline(60):  # a FIFO opened blocks for ever: fail instead
+        assert caption.main([str(tmp_path / "fifo.jpg")]) == 1  # a FIFO given alone
+        assert _lines(capsys.readouterr().err) == [f"{tmp_path / 'fifo.jpg'}: not captioned: not a regular file (FIFO)"]
+        assert caption.main([str(missing), str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'a.png'}\t") and len(captured.out.splitlines()) == 1
+    assert _lines(captured.err) == [f"{path}: not captioned: {reason}"  # and nothing else: no warning, no traceback
+                                    for path, reason in ({missing: "no such file or folder"} | special).items()]
+
+
+def test_a_decompression_bomb_is_refused_and_the_rest_captioned(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(trained)
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (14000, 14000)).save(bomb)  # 24 KB on disk, 588 MB as RGB
+    shutil.copy(trained / "data/world/images/000000.png", tmp_path / "a.png")
+    with deadline(60):
+        assert caption.main([str(bomb), str(tmp_path / "a.png"), "--jsonl"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0]["file"] == str(bomb) and f"{bomb}: too large to decode (" in records[0]["error"]
+    assert records[1]["file"] == str(tmp_path / "a.png") and records[1]["caption"]
