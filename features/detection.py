@@ -15,7 +15,7 @@ from features.config import DetectorConfig
 
 # Bump when a change to detection (this module or a backend) changes the features it produces:
 # stored shards record it, and a resumed stage recomputes shards made by another version.
-VERSION = 1
+VERSION = 2  # 2: each image padded only to its own size (batch-independent features)
 
 
 @dataclass
@@ -26,6 +26,17 @@ class Regions:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+
+
+def same_shape_groups(shapes: list[tuple[int, ...]]) -> list[list[int]]:
+    """Indices grouped by equal shape, in first-seen order. Backends batch only images whose
+    padded input has the same shape, so no image is padded to a neighbour's size: padding reaches
+    the backbone's features, the RPN's anchors and so the boxes, and an image's regions would
+    depend on which images share its batch (measured: boxes moved by up to 452 px)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    return list(groups.values())
 
 
 def load_class_names(path: str) -> list[str]:

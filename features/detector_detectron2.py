@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from features.config import DetectorConfig
-from features.detection import Regions, load_class_names, select_regions
+from features.detection import Regions, load_class_names, same_shape_groups, select_regions
 from features.weights import load_state_dict
 
 
@@ -72,17 +72,29 @@ def load(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str
 
 
 def detect(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
-    """The backend contract's ``detect``: the box head on the final boxes."""
-    from detectron2.modeling.postprocessing import detector_postprocess
-    from detectron2.structures import Boxes, Instances
+    """The backend contract's ``detect``: the box head on the final boxes. Each image is padded on
+    its own; only images padded to the same shape run as one batch
+    (:func:`features.detection.same_shape_groups`)."""
+    from detectron2.structures import ImageList
 
-    inputs = []
+    singles = []
     for image in images:
         pixels = image * 255
         if model.input_format == "BGR":
             pixels = pixels.flip(0)
-        inputs.append({"image": pixels, "height": image.shape[-2], "width": image.shape[-1]})
-    batch = model.preprocess_image(inputs)
+        singles.append(model.preprocess_image([{"image": pixels, "height": image.shape[-2], "width": image.shape[-1]}]))
+    out: list[Regions] = [None] * len(images)  # type: ignore[list-item]
+    for group in same_shape_groups([s.tensor.shape for s in singles]):
+        batch = ImageList(torch.cat([singles[i].tensor for i in group]), [singles[i].image_sizes[0] for i in group])
+        for i, regions in zip(group, _detect_batch(model, batch, [images[i] for i in group], cfg)):
+            out[i] = regions
+    return out
+
+
+def _detect_batch(model: nn.Module, batch, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
+    from detectron2.modeling.postprocessing import detector_postprocess
+    from detectron2.structures import Boxes, Instances
+
     features = model.backbone(batch.tensor)
     proposals, _ = model.proposal_generator(batch, features, None)
     instances, _ = model.roi_heads(batch, features, proposals, None)

@@ -23,10 +23,11 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from features.config import DetectorConfig
-from features.detection import Regions, load_class_names, select_regions
+from features.detection import Regions, load_class_names, same_shape_groups, select_regions
 from features.weights import load_state_dict
 
 
@@ -106,9 +107,8 @@ def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:
     return ARCHITECTURES[cfg.arch](cfg, num_classes)
 
 
-def _detections(model: FasterRCNN, images: list[torch.Tensor]):
-    """Transform, backbone, RPN and RoI heads by hand; returns what feature pooling needs."""
-    image_list, _ = model.transform(images)
+def _detections(model: FasterRCNN, image_list: ImageList):
+    """Backbone, RPN and RoI heads by hand; returns what feature pooling needs."""
     backbone = model.backbone
     if hasattr(backbone, "body") and hasattr(backbone, "fpn"):  # keep the last backbone stage (C5)
         stages = backbone.body(image_list.tensors)
@@ -139,8 +139,20 @@ def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stag
 
 def detect(model: FasterRCNN, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
     """The backend contract's ``detect``: RoI features of the final boxes (the pooler and box head
-    run once more on them)."""
-    image_list, features, last_stage, detections = _detections(model, images)
+    run once more on them). Each image is resized and padded on its own; only images padded to
+    the same shape run as one batch (:func:`features.detection.same_shape_groups`)."""
+    singles = [model.transform([image])[0] for image in images]  # (1, 3, H', W') each, padded to its own size
+    out: list[Regions] = [None] * len(images)  # type: ignore[list-item]
+    for group in same_shape_groups([s.tensors.shape for s in singles]):
+        batch = ImageList(torch.cat([singles[i].tensors for i in group]), [singles[i].image_sizes[0] for i in group])
+        for i, regions in zip(group, _detect_batch(model, batch, [images[i] for i in group], cfg)):
+            out[i] = regions
+    return out
+
+
+def _detect_batch(model: FasterRCNN, image_list: ImageList, images: list[torch.Tensor],
+                  cfg: DetectorConfig) -> list[Regions]:
+    image_list, features, last_stage, detections = _detections(model, image_list)
     kept = [{k: v[select_regions(d["scores"], d["boxes"], cfg)] for k, v in d.items()} for d in detections]
     boxes = [_with_fallback(d["boxes"], size) for d, size in zip(kept, image_list.image_sizes)]
     region_features = _region_features(model, cfg, features, last_stage, boxes, image_list)

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from features.errors import ImageError, StoreError
-from features.store import open_shard, shard_path, shard_slices, write_shard
+from features.store import check_shard, nonfinite_rows, open_shard, shard_path, shard_slices, write_shard
 from pipeline.app import write_json
 from pipeline.params import Params
 
@@ -59,15 +59,30 @@ def shard_inputs(kind: str, entries: list[dict[str, Any]]) -> str:
 
 def _is_current(path: Path, kind: str, provenance: dict[str, Any], entries: list[dict[str, Any]]) -> bool:
     """A shard that exists is complete (atomic writes); it is reused if made from the same images
-    (ids and bytes; captions for clip_text) under the same provenance."""
+    (ids and bytes; captions for clip_text) under the same provenance, and if every byte of it
+    still passes its checksum and its contents check (a damaged shard is recomputed, not adopted)."""
     if not path.exists():
         return False
     try:
-        open_shard(path, kind, provenance, [e["id"] for e in entries], shard_inputs(kind, entries)).close()
-        return True
+        shard = open_shard(path, kind, provenance, [e["id"] for e in entries], shard_inputs(kind, entries))
     except (StoreError, OSError) as err:
         log.info("recomputing %s: %s", path, err)
         return False
+    try:
+        problems = check_shard(shard, kind)
+    finally:
+        shard.close()
+    if problems:
+        log.warning("recomputing %s: %s", path, problems[0])
+    return not problems
+
+
+def reject_nonfinite(kind: str, arrays: dict[str, np.ndarray], errors: dict[int, str]) -> None:
+    """An image whose computed features are not all finite is rejected with a reason (readers
+    refuse its rows), never stored as if it were usable."""
+    for name, rows in nonfinite_rows(kind, arrays).items():
+        for row in rows.tolist():
+            errors.setdefault(row, f"its {kind} {name!r} are not finite (NaN/Inf from the extractor)")
 
 
 def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
@@ -88,6 +103,7 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
         for index in todo:
             entries = images[slices[index]]
             arrays, errors = compute(index, entries, bar.update)
+            reject_nonfinite(kind, arrays, errors)
             if errors and params.store.on_bad_image == "fail":
                 raise ImageError(next(iter(errors.values())) + " (store.on_bad_image: fail)")
             rejects = [{"id": entries[row]["id"], "file": entries[row]["path"], "reason": reason}

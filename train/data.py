@@ -41,6 +41,7 @@ class CachedFeatures:
                  with_region_clip: bool = False):
         self.with_tokens = with_tokens  # also the cached ViT tokens (for fine-tuning CLIP's last blocks)
         self.shard_size, self.max_open_shards = spec.shard_size, spec.max_open_shards
+        self.image_ids = spec.image_ids  # by manifest index
         left_out = {"clip_text"} if not with_text else set()  # new images have no captions
         if not with_region_clip:  # only models that read the regions' CLIP embeddings need them
             left_out.add("region_clip")

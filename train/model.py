@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch_geometric.utils import scatter
@@ -332,14 +333,47 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | 
 
 
 def load_captioner(folder: Path) -> tuple[Captioner, dict]:
-    """Load a folder written by :meth:`Captioner.save`; returns the model and its config."""
+    """Load a folder written by :meth:`Captioner.save`; returns the model and its config. A damaged
+    or foreign folder, and weights that are not all finite, are refused (ValueError) naming the file."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    gpt2, tokenizer = load_gpt2(str(folder / "gpt2"))
-    cfg = ModelConfig(**config["model"])
-    tail = build_tail(config["clip_tail"]) if cfg.finetune_clip else None
-    model = Captioner(cfg, FeatureDims(**config["dims"]), gpt2, tokenizer, clip_tail=tail)
-    missing, unexpected = model.load_state_dict(load_file(str(folder / "weights.safetensors")), strict=False)
+    config = _read_config(folder / "config.json")
+    try:
+        gpt2, tokenizer = load_gpt2(str(folder / "gpt2"))
+    except (OSError, ValueError, KeyError) as err:  # transformers' errors for a missing or garbled file
+        raise ValueError(f"{folder / 'gpt2'}: cannot load GPT-2 or its tokenizer ({_first_line(err)})") from err
+    try:
+        cfg = ModelConfig(**config["model"])
+        tail = build_tail(config["clip_tail"]) if cfg.finetune_clip else None
+        dims = FeatureDims(**config["dims"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{folder / 'config.json'}: not a captioner's config ({type(err).__name__}: {err})") from err
+    model = Captioner(cfg, dims, gpt2, tokenizer, clip_tail=tail)
+    weights = folder / "weights.safetensors"
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as err:
+        raise ValueError(f"{weights}: not a readable safetensors file ({_first_line(err)})") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("gpt2.") for k in missing):
         raise ValueError(f"{folder}: weights do not fit the config (missing {missing}, unexpected {unexpected})")
+    broken = [name for name, value in model.state_dict().items() if value.is_floating_point() and not value.isfinite().all()]
+    if broken:
+        raise ValueError(f"{folder}: {len(broken)} weight tensors hold NaN/Inf (e.g. {broken[0]}); "
+                         "the model is unusable — retrain it")
     return model.eval(), config
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path.parent}: not a trained model folder (no config.json)") from err
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+        raise ValueError(f"{path}: not valid JSON ({_first_line(err)})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a captioner's config (a JSON {type(config).__name__}, not an object)")
+    return config
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -181,22 +181,46 @@ def _batches(data, cfg: TrainConfig, epoch: int, world: World) -> GlobalBatches:
                          window=features.max_open_shards // 2)
 
 
+class NonFiniteError(ValueError):
+    """Training met a NaN/Inf loss or gradient: the message names the epoch, step and images."""
+
+
+MAX_SKIPPED_STEPS = 20  # fp16: consecutive overflowing steps the loss scaler may skip (2^16 scale → 2^-4)
+
+
 def train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scaler, autocast,
-                 cfg: TrainConfig, device: torch.device, desc: str) -> dict[str, float]:
-    """One pass over the loader; returns the mean of each loss part."""
+                 cfg: TrainConfig, device: torch.device, desc: str,
+                 image_ids: Sequence[str] = ()) -> dict[str, float]:
+    """One pass over the loader; returns the mean of each loss part. A non-finite loss, or a
+    non-finite gradient that fp16's loss scaling does not explain, stops training with
+    :class:`NonFiniteError` before the optimizer steps on it."""
     sums: dict[str, float] = {}
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+    skipped = 0
+    for step, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False)):
         with autocast:
             parts = objective(_to(batch, device))
+        if not torch.isfinite(parts["total"]).item():
+            raise NonFiniteError(_nonfinite(f"loss {parts['total'].item()}", desc, step, batch, image_ids))
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts["total"]).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)  # the same on every rank
+        skipped = 0 if torch.isfinite(norm).item() else skipped + 1
+        if skipped and (not scaler.is_enabled() or skipped > MAX_SKIPPED_STEPS):
+            raise NonFiniteError(_nonfinite(f"gradient norm {norm.item()}", desc, step, batch, image_ids))
+        scaler.step(optimizer)  # fp16: skips a step whose gradients overflowed
         scaler.update()
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v.item()
     return {k: v / len(loader) for k, v in sums.items()}
+
+
+def _nonfinite(what: str, desc: str, step: int, batch: dict[str, torch.Tensor], image_ids: Sequence[str]) -> str:
+    indices = batch["index"].tolist()
+    names = [image_ids[i] for i in indices] if image_ids else [str(i) for i in indices]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return (f"{desc}, step {step}: {what} with images {shown}; no model is written from here on — "
+            "run graphcap-verify on the feature store, or lower train.lr")
 
 
 def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir: Path,
@@ -284,8 +308,9 @@ def _train_one_epoch(model: Captioner, data, optimizer: torch.optim.Optimizer, p
                         collate_fn=partial(collate, pad_id=model.tokenizer.pad_token_id))
     objective = _objective(model, cfg, world, device, phase, scst)
     autocast, scaler = precision
+    features = getattr(data, "features", None)
     return mean_over_ranks(train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
-                                       f"epoch {epoch} (phase {phase})"), world)
+                                       f"epoch {epoch} (phase {phase})", getattr(features, "image_ids", ())), world)
 
 
 def _forget_logged_epochs(live_dir: Path, start: int) -> None:
