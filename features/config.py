@@ -26,7 +26,7 @@ class ClipConfig:
     config_file: str = ""
     tokenizer: str = ""
     cache_tokens: bool = False  # also store the ViT tokens entering the last two blocks (to fine-tune them)
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata={"min": 1})
     # the MLP activation the weights were trained with: auto = the pretrained tag's (OpenAI's tags:
     # quick_gelu), or for a local file the model config's; set it for a local copy of tagged weights
     activation: Literal["auto", "quick_gelu", "gelu"] = "auto"
@@ -89,7 +89,7 @@ class DetectorConfig:
     min_regions_score: float = 0.01  # ... but none below this score
     max_regions: int = 36
     feature: Literal["box_head", "backbone_pool"] = "box_head"  # box_head (1024-d for R50-FPN) | backbone_pool (RoIAlign on C5: 2048-d)
-    batch_size: int = 4
+    batch_size: int = field(default=4, metadata={"min": 1})
 
     def identity(self) -> dict:
         """What the stored regions depend on (provenance): weights hash and every setting that

@@ -6,7 +6,11 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,17 +25,72 @@ log = logging.getLogger(__name__)
 
 # errors in what the user gave (a key, a file, an entry); each message names it
 USER_ERRORS = (ValueError, OSError, StoreError, ImageError)  # ParamsError and DatasetError are ValueErrors
+USER_ERROR_EXIT = 2  # every command's exit code when what the user gave is wrong (docs/pipeline.md)
 
 
-def run_main(main: Callable[[], None]) -> None:
-    """A stage's entry point: a user error ends it with one line, naming what is wrong, and exit
-    code 1 instead of a traceback (GRAPHCAP_TRACEBACK=1 shows the traceback)."""
+def one_line(err: BaseException) -> str:
+    """An error as one line: its type and message, whitespace (a YAML parser's multi-line report,
+    for one) folded, control characters escaped."""
+    text = " ".join(str(err).split())
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return f"{type(err).__name__}: {text}"
+
+
+def run_command(name: str, main: Callable[[], int | None]) -> int:
+    """The one error boundary of every command (stages, graphcap-verify, -caption, -demo): a user
+    error ends it with one line on stderr, ``<name>: <Error>: <what, naming the file, key or
+    entry>``, and exit code :data:`USER_ERROR_EXIT` instead of a traceback (GRAPHCAP_TRACEBACK=1
+    shows the traceback). Returns main's exit code otherwise."""
     try:
-        main()
+        return main() or 0
     except USER_ERRORS as err:
         if os.environ.get("GRAPHCAP_TRACEBACK"):
             raise
-        sys.exit(f"stage {Path(sys.argv[0]).stem}: {type(err).__name__}: {err}")  # argv[0]: the stage's file
+        print(f"{name}: {one_line(err)}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+_REMOVE_ON_STOP: list[Path] = []  # scratch folders a stopped command removes (remove_on_stop)
+
+
+def remove_on_stop(folder: Path) -> None:
+    _REMOVE_ON_STOP.append(Path(folder))
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and Ctrl-C end the command at once with exit code 128 + the signal, after removing
+    the folders given to :func:`remove_on_stop`. Not by raising in the main thread: an exception
+    raised inside a library's loader can come out as another error (measured: torch turned one
+    into a ValueError), which would read as a user error."""
+    def stop(signum: int, frame: object) -> None:
+        for folder in _REMOVE_ON_STOP:
+            shutil.rmtree(folder, ignore_errors=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """End this process (SIGTERM) once its parent is gone: a stage whose `dvc repro` was killed
+    must not train on as an orphan. A daemon thread polls the parent's pid (a signal on the
+    parent's death, prctl's PDEATHSIG, fires when the parent's *thread* ends, which DVC's may)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        log.warning("the parent process %d is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """A stage's entry point, through :func:`run_command` (argv[0]: the stage's file); it ends
+    with its parent (:func:`exit_with_parent`)."""
+    exit_with_parent()
+    sys.exit(run_command(f"stage {Path(sys.argv[0]).stem}", main))
 
 
 def start(params_file: Path = Path("params.yaml"), localised: bool = True) -> Params:

@@ -30,8 +30,8 @@ import torch
 import transformers
 
 from features.images import file_problem
-from features.store import StoreError, check_provenance
-from pipeline.app import start
+from features.store import check_provenance
+from pipeline.app import remove_on_stop, run_command, start, stop_on_signals
 from pipeline.extract import IMAGE_FEATURES
 from pipeline.model_inputs import text_encoder
 from pipeline.params import Params
@@ -86,6 +86,7 @@ class NewImages:
             check_provenance(model_dir / "config.json", self.config["features"][kind], self.records[kind])
         self._tmp = tempfile.TemporaryDirectory(prefix="graphcap-caption-")
         self.store = Path(self._tmp.name)
+        remove_on_stop(self.store)
         banks = keyword_banks(params.store.dir)
         if banks.exists():  # retrieval of local keywords reads the object bank from the store
             keyword_banks(self.store).symlink_to(banks.resolve())
@@ -113,7 +114,7 @@ class NewImages:
                        for i, path in enumerate(paths)]
             manifest = {"image_root": "/", "images": entries}
             for kind, compute in self.computes.items():
-                for_each_shard(self.scratch, manifest, kind, self.records[kind], compute)
+                for_each_shard(self.scratch, manifest, kind, self.records[kind], compute, summarize=False)
             spec = StoreSpec(self.store, self.params.store.shard_size, [e["id"] for e in entries], self.records,
                              self.params.store.max_open_shards)
             features = CachedFeatures(spec, with_tokens=self.model.clip_tail is not None, with_text=False,
@@ -182,26 +183,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
     parser.add_argument("--verbose", action="store_true", help="the extractors' logs and progress bars on stderr")
     args = parser.parse_args(argv)
-    try:  # what the user gave (files, folder, params, model) is wrong: one line naming it, no traceback
-        params = start(args.params)
-        if not args.verbose:
-            quiet()
-        if args.decode:
-            decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
-            params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
-        paths, refused = collect_images(args.inputs)
-        if not paths and not refused:
-            raise FileNotFoundError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
-                                    f"{', '.join(map(str, args.inputs))}")
-        note = demo_world_note(args.model)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
-        results = [{"file": str(path), "error": why} for path, why in refused.items()]
-        if paths:
-            results += caption_files(paths, args.model, params, device_of(params.store.device))
-    except (OSError, ValueError, StoreError) as err:  # ParamsError is a ValueError
-        print(f"graphcap-caption: {err}", file=sys.stderr)
-        return 2
+    stop_on_signals()  # a kill or Ctrl-C removes the scratch store
+    return run_command("graphcap-caption", lambda: _caption_and_print(args))
+
+
+def _caption_and_print(args: argparse.Namespace) -> int:
+    params = start(args.params)
+    if not args.verbose:
+        quiet()
+    if args.decode:
+        decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
+        params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
+    paths, refused = collect_images(args.inputs)
+    if not paths and not refused:
+        raise FileNotFoundError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
+                                f"{', '.join(map(str, args.inputs))}")
+    note = demo_world_note(args.model)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    results = [{"file": str(path), "error": why} for path, why in refused.items()]
+    if paths:
+        results += caption_files(paths, args.model, params, device_of(params.store.device))
     for record in results:
         if args.jsonl:
             print(json.dumps(record, ensure_ascii=False))
@@ -210,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{record['file']}: not captioned: {record['error']}", file=sys.stderr)
     return 1 if any("error" in r for r in results) else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.report import CHECK, LEGEND, STYLE, draw, report_items, section
-from features.store import StoreError
-from pipeline.app import start
+from pipeline.app import run_command, start
 from pipeline.caption import NewImages, demo_world_note, quiet
 from pipeline.params import Params
 from pipeline.paths import CAPTIONER
@@ -421,18 +420,18 @@ def arguments() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments().parse_args(argv)
+    return run_command("graphcap-demo", lambda: serve(args))  # a user error: one line naming it, exit 2
+
+
+def serve(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as opened:
-        try:  # what the user gave is wrong: one line naming it, no traceback
-            params = start(args.params)
-            server = opened.enter_context(listen(args.host, args.port, args.max_clients))  # a busy port said at once
-            if not args.verbose:
-                quiet()
-                log.setLevel(logging.INFO)  # the requests, still
-            images = opened.enter_context(NewImages(args.model, params, device_of(params.store.device)))
-            server.demo = Demo(images, params, args.max_bytes, demo_world_note(args.model), args.upload_seconds)
-        except (OSError, ValueError, StoreError) as err:  # ParamsError is a ValueError
-            print(f"graphcap-demo: {err}", file=sys.stderr)
-            return 2
+        params = start(args.params)
+        server = opened.enter_context(listen(args.host, args.port, args.max_clients))  # a busy port said at once
+        if not args.verbose:
+            quiet()
+            log.setLevel(logging.INFO)  # the requests, still
+        images = opened.enter_context(NewImages(args.model, params, device_of(params.store.device)))
+        server.demo = Demo(images, params, args.max_bytes, demo_world_note(args.model), args.upload_seconds)
         print(f"graphcap-demo: serving {server.url} (Ctrl-C stops)", flush=True)
         signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends it as Ctrl-C does
         try:
@@ -440,7 +439,6 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

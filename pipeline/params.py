@@ -40,11 +40,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     dir: str = "data/features"
-    shard_size: int = 1000
-    num_workers: int = 2  # DataLoader workers decoding images
+    shard_size: int = dataclasses.field(default=1000, metadata={"min": 1})
+    num_workers: int = dataclasses.field(default=2, metadata={"min": 0})  # DataLoader workers decoding images
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     on_bad_image: Literal["skip", "fail"] = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
-    max_open_shards: int = 16  # readers keep at most this many shards open per kind (LRU)
+    max_open_shards: int = dataclasses.field(default=16, metadata={"min": 1})  # readers keep at most this many open per kind (LRU)
     # kinds extracted only when listed (dvc.yaml's `optional` stages): region_clip, a CLIP forward
     # per region crop (up to 36 per image), which only model.region_features clip | both read
     optional_kinds: list[Literal["region_clip"]] = dataclasses.field(default_factory=list)
@@ -53,7 +53,7 @@ class StoreConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     split: str = "test"
-    batch_size: int = 50
+    batch_size: int = dataclasses.field(default=50, metadata={"min": 1})
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
 
 
@@ -121,6 +121,9 @@ def build(cls: type, values: Any, prefix: str) -> Any:
         raise ParamsError(f"{prefix}.{missing[0]}: missing (a params file sets every key; params.yaml documents "
                           "each one)")
     kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}") for k, v in values.items()}
+    for f in dataclasses.fields(cls):  # a bound a field's metadata states ({"min": 1}: a count of at least one)
+        if "min" in f.metadata and f.name in kwargs and kwargs[f.name] < f.metadata["min"]:
+            raise ParamsError(f"{prefix}.{f.name}: {kwargs[f.name]!r} is below its minimum {f.metadata['min']}")
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field missing

@@ -86,11 +86,13 @@ def reject_nonfinite(kind: str, arrays: dict[str, np.ndarray], errors: dict[int,
 
 
 def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
-                   compute: Compute, rank: Rank = Rank()) -> None:
+                   compute: Compute, rank: Rank = Rank(), summarize: bool = True) -> None:
     """Compute and write the shards of ``kind`` that this rank owns and that are missing or stale.
 
     A stage killed mid-way therefore redoes only unfinished shards, and images appended to a data
     set only add shards. With ``store.on_bad_image: fail`` the first unusable image stops the stage.
+    ``summarize``: gather the rejected images into ``<kind>/rejects.json`` with a warning (a
+    caller that reports each file itself, as captioning does, says no).
     """
     images, store = manifest["images"], Path(params.store.dir)
     slices = shard_slices(len(images), params.store.shard_size)
@@ -111,7 +113,8 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
             write_shard(shard_path(store, kind, index), kind, [e["id"] for e in entries], arrays, provenance,
                         first_index=slices[index].start, rejects=rejects, inputs=shard_inputs(kind, entries))
     _remove_stale(store, kind, len(slices))
-    _summarize_rejects(store, kind, len(slices))
+    if summarize:
+        _summarize_rejects(store, kind, len(slices))
 
 
 def read_upstream(params: Params, kind: str, shard: int, record: dict[str, Any], entries: list[dict[str, Any]],

@@ -5,7 +5,7 @@
 Every shard of every kind must be present and complete, made for the manifest's images (ids and
 file bytes; captions for clip_text) under the provenance the current parameters imply, with
 coherent row counts and shapes and no NaN/Inf outside rejected rows; the keyword banks must match too. Each problem is printed on its own
-line, naming the file and key; the exit code is 1 if there is any.
+line, naming the file and key; the exit code is 1 if there is any (2 for a bad params file, one line).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from features.store import StoreError, check_shard, open_shard, read_bank, shard_path, shard_slices
-from pipeline.app import load_manifest, start
+from pipeline.app import load_manifest, run_command, start
 from pipeline.params import Params
 from pipeline.paths import keyword_banks
 from pipeline.provenance import expected, keyword_bank, stored_kinds
@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    params = start(args.params)
+    return run_command("graphcap-verify", lambda: _verify_and_print(args.params))
+
+
+def _verify_and_print(params_file: Path) -> int:
+    params = start(params_file)
     problems, checked = verify_store(params, load_manifest())
     for problem in problems:
         print(problem)

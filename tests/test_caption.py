@@ -13,7 +13,7 @@ from PIL import Image
 from features.store import StoreError
 from pipeline import caption
 from pipeline.params import load_params
-from tests.conftest import real_photos
+from tests.conftest import ROOT, real_photos
 from tests.test_images import deadline, make_special_files
 
 
@@ -49,7 +49,7 @@ def test_command_line_writes_json_lines_and_fails_on_bad_files(trained, tmp_path
     assert "a.png\t" in captured.out and "empty.png: not captioned" in captured.err
     (tmp_path / "empty").mkdir()
     assert caption.main([str(tmp_path / "empty")]) == 2  # one line naming it, no traceback
-    assert capsys.readouterr().err.strip().startswith(f"graphcap-caption: no image files (.bmp .gif")
+    assert capsys.readouterr().err.strip().startswith(f"graphcap-caption: FileNotFoundError: no image files (.bmp .gif")
 
 
 def test_model_of_other_features_is_refused(trained, tmp_path, monkeypatch):
@@ -168,3 +168,32 @@ def test_a_decompression_bomb_is_refused_and_the_rest_captioned(trained, tmp_pat
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert records[0]["file"] == str(bomb) and f"{bomb}: too large to decode (" in records[0]["error"]
     assert records[1]["file"] == str(tmp_path / "a.png") and records[1]["caption"]
+
+
+def test_a_rejected_file_is_one_line_on_stderr_and_a_kill_leaves_no_scratch_store(trained, tmp_path):
+    """As a user runs it (a process of its own): one "not captioned" line per rejected file and no
+    warning naming the scratch store; SIGTERM mid-run removes the scratch store."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shutil.copy(trained / "data/world/images/000000.png", tmp_path / "a.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = dict(os.environ, TMPDIR=str(scratch), PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "pipeline.caption", str(tmp_path / "a.png"), str(tmp_path / "empty.png")]
+    done = subprocess.run(command, cwd=trained, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert _lines(done.stderr) == [f"{tmp_path / 'empty.png'}: not captioned: {tmp_path / 'empty.png'}: "
+                                   "cannot read image (UnidentifiedImageError: cannot identify image file "
+                                   f"'{tmp_path / 'empty.png'}')"], done.stderr
+    run = subprocess.Popen(command, cwd=trained, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not any(scratch.glob("graphcap-caption-*")) and run.poll() is None:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    code, err = run.wait(timeout=60), run.stderr.read()
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert not list(scratch.glob("graphcap-caption-*"))

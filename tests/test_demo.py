@@ -380,6 +380,6 @@ def test_a_busy_port_is_one_line_and_its_server_keeps_serving(server, trained, p
     monkeypatch.chdir(trained)
     port = server.server_address[1]
     assert main(["--model", "nowhere", "--port", str(port)]) == 2
-    assert capsys.readouterr().err == (f"graphcap-demo: cannot listen on 127.0.0.1:{port}: the port is in use "
+    assert capsys.readouterr().err == (f"graphcap-demo: OSError: cannot listen on 127.0.0.1:{port}: the port is in use "
                                        "(by another server? --port 0 takes any free one)\n")
     still_serving(server, photo)

@@ -3,6 +3,7 @@ shard, and leaves no file that looks complete."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -41,3 +42,31 @@ def test_read_only_store_is_named(project):  # noqa: F811
     finally:
         (project / "data/features/regions").chmod(0o755)
     assert not _files(project)
+
+
+# a parent (dvc) whose child (the stage) prints its pid once it runs, then sleeps
+ORPHAN = ("import subprocess, sys; child = subprocess.Popen([sys.executable, '-c', "
+          "'import os, time; from pipeline.app import exit_with_parent; exit_with_parent(0.1); "
+          "print(os.getpid(), flush=True); time.sleep(120)']); child.wait()")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie waits only for its new parent to reap it
+
+
+def test_a_stage_ends_when_its_dvc_parent_is_killed():
+    """What `kill -9` of `dvc repro` does to a stage: its child notices the parent is gone and stops."""
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child), "the stage outlived its parent"

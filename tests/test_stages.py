@@ -201,6 +201,6 @@ def test_a_user_error_ends_a_stage_with_one_line_not_a_traceback(project):
     env.pop("GRAPHCAP_TRACEBACK", None)
     run = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], cwd=project, capture_output=True, text=True,
                          env=env)
-    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "Traceback" not in run.stderr  # USER_ERROR_EXIT
     assert run.stderr.strip().splitlines()[-1].startswith(
         "stage prepare: DatasetError: data/world/dataset.json: none of its 10 image files is under data.image_root data")

@@ -95,7 +95,7 @@ class TrainConfig:
     lr: float = 1e-4
     lr_decay: float = 0.9  # lr × lr_decay after every epoch
     weight_decay: float = 0.01
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata={"min": 1})
     grad_clip: float = 1.0
     max_tokens: int = 40
     num_workers: int = 0
