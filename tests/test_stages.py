@@ -204,3 +204,29 @@ def test_a_user_error_ends_a_stage_with_one_line_not_a_traceback(project):
     assert run.returncode == 2 and "Traceback" not in run.stderr  # USER_ERROR_EXIT
     assert run.stderr.strip().splitlines()[-1].startswith(
         "stage prepare: DatasetError: data/world/dataset.json: none of its 10 image files is under data.image_root data")
+
+
+def test_an_extractor_giving_nan_has_that_image_rejected_not_stored(project, monkeypatch):
+    from features import clip as real_clip
+
+    def encode_with_a_nan(*args, **kwargs):  # the real extractor, then one value of image 1 turned NaN
+        arrays, errors = real_clip.encode_images(*args, **kwargs)
+        arrays["embeddings"][1, 3] = np.nan
+        return arrays, errors
+
+    monkeypatch.setattr("pipeline.extract.encode_images", encode_with_a_nan)
+    clip_image.main()
+    with h5py.File(_shards(project, "clip_image")[0], "r") as f:
+        assert f["valid"][()].tolist() == [True, False, True, True]
+        (reject,) = json.loads(f.attrs["rejects"])
+    assert reject["id"] == "1" and "'embeddings' are not finite" in reject["reason"]
+
+
+def test_a_nan_written_into_a_stored_row_is_recomputed(project):
+    clip_image.main()
+    path = _shards(project, "clip_image")[0]
+    clean = _read(path, "embeddings")
+    with h5py.File(path, "a") as f:  # through HDF5, so the checksums still hold: the values are checked too
+        f["embeddings"][2, 0] = np.nan
+    clip_image.main()
+    np.testing.assert_array_equal(_read(path, "embeddings"), clean)

@@ -106,3 +106,15 @@ def test_text_only_training_never_sees_the_image(tiny_language):
         check_mode(tiny_captioner(tiny_language), cfg)
     with pytest.raises(ValueError, match="train.mode: unknown 'rl'"):
         check_mode(model, TrainConfig(mode="rl"))
+
+
+def test_a_nan_feature_stops_training_naming_the_images_and_writes_no_model(tiny_language, tmp_path):
+    model = tiny_captioner(tiny_language)
+    data = synthetic_items(n=6, tokenizer=model.tokenizer)
+    data[4]["clip"][0] = float("nan")
+    cfg = TrainConfig(phase1_epochs=1, phase2_epochs=1, lr=3e-3, batch_size=8, seed=3, loss=LossConfig())
+    with pytest.raises(trainer.NonFiniteError, match=r"epoch 0 \(phase 1\), step 0: loss nan with images .*\b4\b"):
+        train(model, data, cfg, tmp_path / "model", tmp_path / "live", lambda m: {"score": 0.0}, "score",
+              torch.device("cpu"))
+    assert not (tmp_path / "model").exists()
+    assert all(p.isfinite().all() for p in model.parameters())  # the optimizer never stepped on it
