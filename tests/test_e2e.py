@@ -180,6 +180,26 @@ def test_second_repro_does_nothing(project):
     assert _stages_run(_dvc(project, "repro")) == set()
 
 
+def test_flipped_bytes_in_a_shard_are_named_then_recomputed_not_adopted(project):
+    """The disk damages a stored shard: graphcap-verify names it, and `dvc repro` (which sees the
+    output changed) recomputes it byte for byte instead of adopting it into dvc.lock."""
+    import h5py
+
+    lock = _lock_outputs(project)
+    shard = project / "data/features/clip_image/shard-00000.h5"
+    clean = shard.read_bytes()
+    with h5py.File(shard, "r") as f:
+        offset = f["embeddings"].id.get_chunk_info(0).byte_offset  # inside the embeddings' first chunk
+    damaged = bytearray(clean)
+    damaged[offset + 8:offset + 24] = bytes(b ^ 0xFF for b in damaged[offset + 8:offset + 24])
+    shard.write_bytes(bytes(damaged))
+    verify = subprocess.run([sys.executable, "-m", "pipeline.verify"], cwd=project, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(project)))
+    assert verify.returncode == 1 and f"{shard.relative_to(project)}: 'embeddings' is damaged" in verify.stdout
+    assert _stages_run(_dvc(project, "repro")) == {"clip_image"}  # its output hash is back: nothing after it reruns
+    assert shard.read_bytes() == clean and _lock_outputs(project) == lock
+
+
 def _lock_outputs(project: Path) -> dict[str, str]:
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     return {out["path"]: out.get("md5", "") for stage in lock["stages"].values() for out in stage.get("outs", [])}
