@@ -41,7 +41,7 @@ from pipeline.runtime import device_of
 from pipeline.shards import for_each_shard
 from train.data import CachedFeatures, Images, StoreSpec
 from train.decode import METHODS, caption_images
-from train.model import load_captioner
+from train.model import load_captioner, read_config
 from world.generate import DATASET_NAME as DEMO_WORLD
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,7 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
 
 def trained_on(model_dir: Path) -> str | None:
     """The data set a model folder was trained on, as its config records it (None if it does not)."""
-    config = model_dir / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{model_dir}: not a trained model folder (no config.json)")
-    return json.loads(config.read_text()).get("dataset")
+    return read_config(model_dir / "config.json").get("dataset")
 
 
 def demo_world_note(model_dir: Path) -> str | None:

@@ -197,3 +197,46 @@ def test_a_rejected_file_is_one_line_on_stderr_and_a_kill_leaves_no_scratch_stor
     code, err = run.wait(timeout=60), run.stderr.read()
     assert code == 128 + signal.SIGTERM and "Traceback" not in err, err
     assert not list(scratch.glob("graphcap-caption-*"))
+
+
+def _damage(model, damage: str):
+    """A copy of a model folder damaged as a bad download or disk does it; returns the file named."""
+    weights = model / "weights.safetensors"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "empty weights":
+        weights.write_bytes(b"")
+    elif damage == "pickled weights":
+        import torch
+
+        torch.save({"fuse.weight": torch.zeros(2)}, weights)
+    elif damage == "invalid config.json":
+        (model / "config.json").write_text("{not json")
+        return model / "config.json"
+    elif damage == "NaN weights":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        state[next(iter(state))][0] = float("nan")
+        save_file(state, str(weights))
+        return model
+    return weights
+
+
+DAMAGES = ("truncated weights", "empty weights", "pickled weights", "invalid config.json", "NaN weights")
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_model_folder_is_one_line_naming_the_file(trained, tmp_path, monkeypatch, capsys, damage):
+    from pipeline import demo
+
+    monkeypatch.chdir(trained)
+    model = tmp_path / "model"
+    shutil.copytree(trained / "models/captioner", model)
+    named = _damage(model, damage)
+    photo = trained / "data/world/images/000000.png"
+    for name, run in (("graphcap-caption", lambda: caption.main([str(photo), "--model", str(model)])),
+                      ("graphcap-demo", lambda: demo.main(["--model", str(model), "--port", "0"]))):
+        assert run() == 2
+        (line,) = _lines(capsys.readouterr().err)
+        assert line.startswith(f"{name}: ValueError: {named}") and "Traceback" not in line, line

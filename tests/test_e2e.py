@@ -249,6 +249,21 @@ def test_pushed_features_pulled_into_a_clone_need_no_recompute(project, tmp_path
     assert _stages_run(_dvc(clone, "repro")) == set()
 
 
+def test_a_bad_parameter_fails_its_stage_in_one_line_and_deletes_no_result(project):
+    """A typo in a key only `train` reads: the stage stops with one line, and results/train.json
+    (a metric DVC would delete before running the stage) is still there, so fixing the typo
+    retrains nothing."""
+    scores = (project / "results/train.json").read_text()
+    _set(project, {"train.lr": "fast"})
+    env = dict(os.environ, PATH=f"{DVC.parent}:{os.environ['PATH']}")
+    run = subprocess.run([str(DVC), "repro"], cwd=project, capture_output=True, text=True, env=env)
+    assert run.returncode != 0 and "Traceback" not in run.stdout + run.stderr
+    assert "stage train: ParamsError: params.yaml: params.train.lr: expected float, got str 'fast'" in run.stdout + run.stderr
+    assert (project / "results/train.json").read_text() == scores
+    _set(project, {"train.lr": yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["lr"]})
+    assert _stages_run(_dvc(project, "repro")) == set()
+
+
 def test_parameters_rerun_only_what_depends_on_them(project):
     _set(project, {"train.lr": 0.002})
     assert _stages_run(_dvc(project, "repro")) == {"train", "evaluate", "report", "release"}

@@ -336,7 +336,7 @@ def load_captioner(folder: Path) -> tuple[Captioner, dict]:
     """Load a folder written by :meth:`Captioner.save`; returns the model and its config. A damaged
     or foreign folder, and weights that are not all finite, are refused (ValueError) naming the file."""
     folder = Path(folder)
-    config = _read_config(folder / "config.json")
+    config = read_config(folder / "config.json")
     try:
         gpt2, tokenizer = load_gpt2(str(folder / "gpt2"))
     except (OSError, ValueError, KeyError) as err:  # transformers' errors for a missing or garbled file
@@ -363,7 +363,8 @@ def load_captioner(folder: Path) -> tuple[Captioner, dict]:
     return model.eval(), config
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """A model folder's config.json, or a ValueError/FileNotFoundError of one line naming it."""
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError as err:
