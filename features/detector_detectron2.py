@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from features.config import DetectorConfig
-from features.detection import Regions, load_class_names, same_shape_groups, select_regions
+from features.detection import Regions, load_class_names, detect_by_shape, select_regions
 from features.weights import load_state_dict
 
 
@@ -74,7 +74,7 @@ def load(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str
 def detect(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
     """The backend contract's ``detect``: the box head on the final boxes. Each image is padded on
     its own; only images padded to the same shape run as one batch
-    (:func:`features.detection.same_shape_groups`)."""
+    (:func:`features.detection.detect_by_shape`)."""
     from detectron2.structures import ImageList
 
     singles = []
@@ -83,12 +83,12 @@ def detect(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) ->
         if model.input_format == "BGR":
             pixels = pixels.flip(0)
         singles.append(model.preprocess_image([{"image": pixels, "height": image.shape[-2], "width": image.shape[-1]}]))
-    out: list[Regions] = [None] * len(images)  # type: ignore[list-item]
-    for group in same_shape_groups([s.tensor.shape for s in singles]):
+
+    def detect_batch(group: list[int]) -> list[Regions]:
         batch = ImageList(torch.cat([singles[i].tensor for i in group]), [singles[i].image_sizes[0] for i in group])
-        for i, regions in zip(group, _detect_batch(model, batch, [images[i] for i in group], cfg)):
-            out[i] = regions
-    return out
+        return _detect_batch(model, batch, [images[i] for i in group], cfg)
+
+    return detect_by_shape([s.tensor.shape for s in singles], detect_batch)
 
 
 def _detect_batch(model: nn.Module, batch, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:

@@ -27,7 +27,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from features.config import DetectorConfig
-from features.detection import Regions, load_class_names, same_shape_groups, select_regions
+from features.detection import Regions, load_class_names, detect_by_shape, select_regions
 from features.weights import load_state_dict
 
 
@@ -140,14 +140,14 @@ def _region_features(model: FasterRCNN, cfg: DetectorConfig, features, last_stag
 def detect(model: FasterRCNN, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:
     """The backend contract's ``detect``: RoI features of the final boxes (the pooler and box head
     run once more on them). Each image is resized and padded on its own; only images padded to
-    the same shape run as one batch (:func:`features.detection.same_shape_groups`)."""
+    the same shape run as one batch (:func:`features.detection.detect_by_shape`)."""
     singles = [model.transform([image])[0] for image in images]  # (1, 3, H', W') each, padded to its own size
-    out: list[Regions] = [None] * len(images)  # type: ignore[list-item]
-    for group in same_shape_groups([s.tensors.shape for s in singles]):
+
+    def detect_batch(group: list[int]) -> list[Regions]:
         batch = ImageList(torch.cat([singles[i].tensors for i in group]), [singles[i].image_sizes[0] for i in group])
-        for i, regions in zip(group, _detect_batch(model, batch, [images[i] for i in group], cfg)):
-            out[i] = regions
-    return out
+        return _detect_batch(model, batch, [images[i] for i in group], cfg)
+
+    return detect_by_shape([s.tensors.shape for s in singles], detect_batch)
 
 
 def _detect_batch(model: FasterRCNN, image_list: ImageList, images: list[torch.Tensor],
