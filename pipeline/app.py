@@ -28,12 +28,16 @@ USER_ERRORS = (ValueError, OSError, StoreError, ImageError)  # ParamsError and D
 USER_ERROR_EXIT = 2  # every command's exit code when what the user gave is wrong (docs/pipeline.md)
 
 
+def printable(text: str) -> str:
+    """``text`` fit for a log line: each control character (a line break, a terminal's escape
+    sequence, a bell) written as its escape, ``\\x1b``, so that no input can forge or garble lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def one_line(err: BaseException) -> str:
     """An error as one line: its type and message, whitespace (a YAML parser's multi-line report,
     for one) folded, control characters escaped."""
-    text = " ".join(str(err).split())
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    return f"{type(err).__name__}: {text}"
+    return f"{type(err).__name__}: {printable(' '.join(str(err).split()))}"
 
 
 def run_command(name: str, main: Callable[[], int | None]) -> int:

@@ -26,7 +26,8 @@ import pytest
 from PIL import Image
 
 from pipeline.caption import NewImages, demo_world_note
-from pipeline.demo import FORM_SLACK, Demo, DemoServer, main
+from pipeline.demo import Demo, main
+from pipeline.demo_server import FORM_SLACK, DemoServer
 from pipeline.params import load_params
 from tests.conftest import REAL_SAMPLE, ROOT, real_photos
 from tests.helpers import CHROMIUM, CHROMIUM_FLAGS
@@ -254,7 +255,7 @@ def still_serving(server: DemoServer, photo: Path) -> None:
 @pytest.mark.parametrize("cut", [len(head(1)) + 5, 20], ids=["trickled-body", "trickled-headers"])
 def test_a_client_sending_too_slowly_gets_408_and_frees_its_thread(server, photo, monkeypatch, caplog, cut):
     """A byte every 0.25 s would keep each read alive for ever: the request's one deadline ends it."""
-    caplog.set_level(logging.INFO, logger="pipeline.demo")
+    caplog.set_level(logging.INFO, logger="pipeline.demo_server")
     monkeypatch.setattr(server.demo, "upload_seconds", 2.0)
     body = form("slow.png", bytes(200))
     request = head(len(body)) + body
@@ -335,7 +336,7 @@ def test_a_body_not_delimited_by_its_boundary_gets_400(server, photo, body, reas
 
 @pytest.mark.parametrize("how", ["closes-mid-body", "resets-mid-body", "resets-before-the-answer"])
 def test_a_client_that_goes_away_is_one_line_in_the_log(server, photo, caplog, capsys, how):
-    caplog.set_level(logging.INFO, logger="pipeline.demo")
+    caplog.set_level(logging.INFO, logger="pipeline.demo_server")
     body = form("notes.txt", b"no picture") if how.endswith("answer") else form(photo.name, photo.read_bytes())
     request = head(len(body)) + body
     with connect(server) as sock:
@@ -344,7 +345,7 @@ def test_a_client_that_goes_away_is_one_line_in_the_log(server, photo, caplog, c
         if how.startswith("resets"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST, not FIN
     still_serving(server, photo)  # and by then that client's thread has long ended
-    lines = [r for r in caplog.records if r.name == "pipeline.demo" and r.getMessage().startswith(client)]
+    lines = [r for r in caplog.records if r.name == "pipeline.demo_server" and r.getMessage().startswith(client)]
     dropped = [r.getMessage() for r in lines if r.levelno == logging.WARNING]
     assert len(dropped) == 1 and "client error, connection dropped: " in dropped[0], [r.getMessage() for r in lines]
     assert len(lines) == (2 if how.endswith("answer") else 1)  # with the answer's own line, when one was sent
@@ -354,13 +355,13 @@ def test_a_client_that_goes_away_is_one_line_in_the_log(server, photo, caplog, c
 
 def test_control_bytes_of_a_request_are_escaped_in_the_log(server, photo, caplog):
     """In the path, in a header and in the file name: each logged as its escape."""
-    caplog.set_level(logging.INFO, logger="pipeline.demo")
+    caplog.set_level(logging.INFO, logger="pipeline.demo_server")
     assert exchange(server, f"GET /{EVIL} HTTP/1.0\r\n\r\n".encode("latin-1"))[0] == 404
     assert exchange(server, head(f"1{EVIL}") + b"x")[0] == 400
     body = form(f"notes{EVIL}.txt", b"no picture")
     assert exchange(server, head(len(body)) + body)[0] == 422
     still_serving(server, photo)
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.demo"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.demo_server"]
     assert all(line.isprintable() for line in lines), lines
     assert sum(r"\x1b[2J\x07\x08\x7f" in line for line in lines) == 3, lines
 
