@@ -89,6 +89,8 @@ def _split_of(entry: dict[str, Any], image_id: str, source: Path, cfg: TextConfi
 def _relative_path(entry: dict[str, Any], image_id: str, source: Path) -> Path:
     """The entry's image path, which must stay inside the image root."""
     path = Path(str(entry.get("filepath", ""))) / str(entry["filename"])
+    if "\0" in str(path):
+        raise DatasetError(f"{source}: image {image_id}: path {str(path)!r} holds a NUL character")
     if path.is_absolute() or ".." in path.parts:
         raise DatasetError(f"{source}: image {image_id}: path {str(path)!r} leaves the image root")
     return path
@@ -109,18 +111,22 @@ def read_karpathy(source: Path, cfg: TextConfig, max_caption_chars: int = 1000) 
     """Read a Karpathy split JSON into a manifest dict (without the image root)."""
     try:
         data = json.loads(Path(source).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{source}: cannot read Karpathy JSON ({err})") from err
+    except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON, nested too deep
+        raise DatasetError(f"{source}: cannot read Karpathy JSON ({type(err).__name__}: {err})") from err
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{source}: expected an object with an 'images' list")
     images, seen = [], set()
     for position, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{source}: image entry #{position} is a JSON {type(entry).__name__}, not an object")
         image_id = _entry_id(entry, position, source)
         if image_id in seen:
             raise DatasetError(f"{source}: duplicate image id {image_id}")
         seen.add(image_id)
         if "filename" not in entry or not entry.get("sentences"):
             raise DatasetError(f"{source}: image {image_id}: missing 'filename' or 'sentences'")
+        if not isinstance(entry["sentences"], list) or not all(isinstance(s, dict) for s in entry["sentences"]):
+            raise DatasetError(f"{source}: image {image_id}: 'sentences' is not a list of objects")
         raw = _usable_captions([str(s.get("raw", "")) for s in entry["sentences"]], image_id, source,
                                max_caption_chars)
         captions = [normalize_caption(r, cfg) for r in raw]

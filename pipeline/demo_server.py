@@ -18,14 +18,22 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pipeline.app import printable
 
-if TYPE_CHECKING:
-    from pipeline.demo import Demo
-
 log = logging.getLogger(__name__)
+
+
+class Demo(Protocol):
+    """What the server asks of the demo it serves (:class:`pipeline.demo.Demo`)."""
+
+    max_bytes: int
+    upload_seconds: float
+
+    def page(self, body: str = "") -> str: ...
+
+    def describe(self, name: str, data: bytes) -> str: ...
 
 MAX_BYTES = 20 * 2**20  # an upload larger than this is refused (a 24 MP JPEG is ~10 MB)
 FORM_SLACK = 64 * 2**10  # the multipart wrapping around the file, allowed on top of the limit

@@ -113,7 +113,7 @@ def build(cls: type, values: Any, prefix: str) -> Any:
         raise ParamsError(f"{prefix}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)  # keys YAML read as numbers or null too
     if unknown:
         raise ParamsError(f"{prefix}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and not f.metadata.get("optional")]
@@ -126,15 +126,15 @@ def build(cls: type, values: Any, prefix: str) -> Any:
             raise ParamsError(f"{prefix}.{f.name}: {kwargs[f.name]!r} is below its minimum {f.metadata['min']}")
     try:
         return cls(**kwargs)
-    except TypeError as err:  # a required field missing
+    except (TypeError, ValueError) as err:  # a required field missing, or a config's own check (__post_init__)
         raise ParamsError(f"{prefix}: {err}") from err
 
 
 def load_params(path: Path = Path("params.yaml")) -> Params:
     try:
         raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ParamsError(f"{path}: cannot read ({err})") from err
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as err:  # ValueError: not UTF-8
+        raise ParamsError(f"{path}: cannot read ({type(err).__name__}: {err})") from err
     try:
         params = build(Params, raw, "params")
     except ParamsError as err:

@@ -25,10 +25,7 @@ from PIL import Image
 from pipeline import verify
 from pipeline.app import one_line
 from pipeline.datasets import SplitConfig, TextConfig, build_manifest
-try:  # the demo's HTTP side is moving to pipeline/demo_server.py
-    from pipeline.demo_server import BadUpload, parse_upload
-except ImportError:
-    from pipeline.demo import BadUpload, parse_upload
+from pipeline.demo_server import BadUpload, parse_upload
 from pipeline.params import Params, ParamsError, load_params
 from tests.helpers import tiny_captioner
 from train.model import load_captioner
@@ -43,12 +40,6 @@ def fuzz(target: str):
     and no shrinking (minutes; a failure prints its unshrunk input, the files as written)."""
     return settings(max_examples=CASES[target], deadline=None, derandomize=True, database=None,
                     phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-
-
-def reported(bugs: str):
-    """A target that still finds the library bugs ``bugs`` (reported, not fixed here). Strict: once
-    they are fixed the test passes, and pytest fails until this marker is removed."""
-    return pytest.mark.xfail(strict=True, reason=f"known bugs: {bugs}")
 
 
 def assert_one_line(err: BaseException, names: str) -> None:
@@ -144,8 +135,6 @@ def yaml_dump(tree) -> str:
     return yaml.safe_dump(tree, allow_unicode=True, sort_keys=False)
 
 
-@reported("non-UTF-8 file: UnicodeDecodeError not naming it; unknown keys of two types (1: and x:): TypeError "
-          "in build's sorted(); unknown ablation.variants: bare ValueError; deep nesting: RecursionError")
 @fuzz("params")
 @given(data=st.data())
 def test_a_params_file_loads_or_is_one_line_naming_it(data, tmp_path):
@@ -157,7 +146,6 @@ def test_a_params_file_loads_or_is_one_line_naming_it(data, tmp_path):
         assert_one_line(err, str(path))
 
 
-@reported("unknown keys of two types in one mapping (TypeError) or deep nesting (RecursionError): a traceback")
 @fuzz("verify")
 @given(data=st.data())
 def test_graphcap_verify_on_a_bad_params_file_is_one_line_and_exit_2(data, tmp_path):
@@ -197,8 +185,6 @@ def image_root(tmp_path_factory) -> Path:
     return root
 
 
-@reported("non-UTF-8 file: UnicodeDecodeError not naming it; an image entry or sentence not an object: "
-          "TypeError/AttributeError; deep nesting: RecursionError; NUL in a file name: ValueError not naming it")
 @fuzz("dataset")
 @given(data=st.data())
 def test_a_dataset_json_reads_or_is_one_line(data, image_root, tmp_path):
@@ -234,9 +220,6 @@ def damage(data, path: Path) -> None:
                       "junk": data.draw(st.binary(max_size=64)), "pickle": pickle.dumps({"w": [1.0]})}[edit])
 
 
-@reported("damaged gpt2/ files: transformers' own errors (SafetensorError, tokenizers' Exception, TypeError, "
-          "...); config.json: wrong types a TypeError, a choice a ValueError not naming it, other dims a "
-          "RuntimeError, deep nesting a RecursionError")
 @fuzz("model")
 @given(data=st.data())
 def test_a_model_folder_loads_or_is_one_line_naming_it(data, model_folder):

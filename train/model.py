@@ -339,21 +339,20 @@ def load_captioner(folder: Path) -> tuple[Captioner, dict]:
     config = read_config(folder / "config.json")
     try:
         gpt2, tokenizer = load_gpt2(str(folder / "gpt2"))
-    except (OSError, ValueError, KeyError) as err:  # transformers' errors for a missing or garbled file
+    except Exception as err:  # transformers and tokenizers raise many types for a missing or garbled file
         raise ValueError(f"{folder / 'gpt2'}: cannot load GPT-2 or its tokenizer ({_first_line(err)})") from err
-    try:
-        cfg = ModelConfig(**config["model"])
-        tail = build_tail(config["clip_tail"]) if cfg.finetune_clip else None
-        dims = FeatureDims(**config["dims"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{folder / 'config.json'}: not a captioner's config ({type(err).__name__}: {err})") from err
-    model = Captioner(cfg, dims, gpt2, tokenizer, clip_tail=tail)
     weights = folder / "weights.safetensors"
     try:
         state = load_file(str(weights))
     except (OSError, SafetensorError) as err:
         raise ValueError(f"{weights}: not a readable safetensors file ({_first_line(err)})") from err
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:  # the config's values build the model the weights must fit
+        cfg = ModelConfig(**config["model"])
+        tail = build_tail(config["clip_tail"]) if cfg.finetune_clip else None
+        model = Captioner(cfg, FeatureDims(**config["dims"]), gpt2, tokenizer, clip_tail=tail)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise ValueError(f"{folder / 'config.json'}: does not describe these weights ({_first_line(err)})") from err
     if unexpected or any(not k.startswith("gpt2.") for k in missing):
         raise ValueError(f"{folder}: weights do not fit the config (missing {missing}, unexpected {unexpected})")
     broken = [name for name, value in model.state_dict().items() if value.is_floating_point() and not value.isfinite().all()]
@@ -369,7 +368,7 @@ def read_config(path: Path) -> dict:
         config = json.loads(path.read_text())
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{path.parent}: not a trained model folder (no config.json)") from err
-    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+    except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON, nested too deep
         raise ValueError(f"{path}: not valid JSON ({_first_line(err)})") from err
     if not isinstance(config, dict):
         raise ValueError(f"{path}: not a captioner's config (a JSON {type(config).__name__}, not an object)")
