@@ -109,6 +109,14 @@ def start(params_file: Path = Path("params.yaml"), localised: bool = True) -> Pa
     return params
 
 
+def project_of(params_file: Path) -> Path:
+    """The folder a params file's relative paths (assets/, weights/, data/) are rooted in: its own.
+    Commands that may run from elsewhere (graphcap-caption, graphcap-demo) work from there."""
+    if not params_file.is_file():
+        raise FileNotFoundError(f"{params_file}: no such params file (--params names the project's params.yaml)")
+    return params_file.resolve().parent
+
+
 def load_manifest(path: Path = MANIFEST, keep: Callable[[dict], dict] | None = None) -> dict[str, Any]:
     """The manifest that ``prepare`` wrote; ``keep`` slims each image entry as it is read."""
     if not path.exists():

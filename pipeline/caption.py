@@ -31,7 +31,7 @@ import transformers
 
 from features.images import file_problem
 from features.store import check_provenance
-from pipeline.app import remove_on_stop, run_command, start, stop_on_signals
+from pipeline.app import project_of, remove_on_stop, run_command, start, stop_on_signals
 from pipeline.extract import IMAGE_FEATURES
 from pipeline.model_inputs import text_encoder
 from pipeline.params import Params
@@ -171,11 +171,13 @@ def quiet() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
-    parser.add_argument("--model", type=Path, default=CAPTIONER, help="a trained model folder")
+    parser.add_argument("--model", type=Path, help=f"a trained model folder (default: {CAPTIONER} beside --params)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the parameters naming the extractors' weights (and decoding)")
+                        help="the parameters naming the extractors' weights (and decoding); their relative paths "
+                             "are read from this file's folder, so the command runs from any folder")
     parser.add_argument("--decode", choices=METHODS, help="override evaluate.decode.method")
     parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
     parser.add_argument("--verbose", action="store_true", help="the extractors' logs and progress bars on stderr")
@@ -185,22 +187,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _caption_and_print(args: argparse.Namespace) -> int:
-    params = start(args.params)
-    if not args.verbose:
-        quiet()
-    if args.decode:
-        decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
-        params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
-    paths, refused = collect_images(args.inputs)
+    paths, refused = collect_images(args.inputs)  # the inputs and --model: where the user is
     if not paths and not refused:
         raise FileNotFoundError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
                                 f"{', '.join(map(str, args.inputs))}")
-    note = demo_world_note(args.model)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    results = [{"file": str(path), "error": why} for path, why in refused.items()]
-    if paths:
-        results += caption_files(paths, args.model, params, device_of(params.store.device))
+    model, absolute = (args.model.resolve() if args.model else None), [p.resolve() for p in paths]
+    with contextlib.chdir(project_of(args.params)):  # the parameters' paths (assets/, weights/): their project's
+        params = start(args.params.resolve())
+        if not args.verbose:
+            quiet()
+        if args.decode:
+            decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
+            params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
+        model = model or CAPTIONER.resolve()
+        note = demo_world_note(model)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        results = [{"file": str(path), "error": why} for path, why in refused.items()]
+        if paths:
+            captioned = caption_files(absolute, model, params, device_of(params.store.device))
+            results += [{**record, "file": str(path)} for record, path in zip(captioned, paths)]
     for record in results:
         if args.jsonl:
             print(json.dumps(record, ensure_ascii=False))

@@ -28,7 +28,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 from eval.report import CHECK, LEGEND, STYLE, draw, report_items, section
-from pipeline.app import run_command, start
+from pipeline.app import project_of, run_command, start
 from pipeline.caption import NewImages, demo_world_note, quiet
 from pipeline import demo_server
 from pipeline.demo_server import MAX_BYTES, MAX_CLIENTS, UPLOAD_SECONDS, BadUpload, listen, too_large
@@ -111,9 +111,10 @@ def port(text: str) -> int:
 def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, default=CAPTIONER, help="a trained model folder")
+    parser.add_argument("--model", type=Path, help=f"a trained model folder (default: {CAPTIONER} beside --params)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="the parameters naming the extractors' weights (and decoding, report.image_px)")
+                        help="the parameters naming the extractors' weights (and decoding, report.image_px); their "
+                             "relative paths are read from this file's folder")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=port, default=8000, help="the port (0: any free one)")
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="the largest upload accepted")
@@ -131,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    model = args.model.resolve() if args.model else None  # given where the user is
     with contextlib.ExitStack() as opened:
-        params = start(args.params)
+        opened.enter_context(contextlib.chdir(project_of(args.params)))  # the parameters' paths: their project's
+        params = start(args.params.resolve())
+        model = model or CAPTIONER.resolve()
         server = opened.enter_context(listen(args.host, args.port, args.max_clients))  # a busy port said at once
         if not args.verbose:
             quiet()
             demo_server.log.setLevel(logging.INFO)  # the requests, still
-        images = opened.enter_context(NewImages(args.model, params, device_of(params.store.device)))
-        server.demo = Demo(images, params, args.max_bytes, demo_world_note(args.model), args.upload_seconds)
+        images = opened.enter_context(NewImages(model, params, device_of(params.store.device)))
+        server.demo = Demo(images, params, args.max_bytes, demo_world_note(model), args.upload_seconds)
         print(f"graphcap-demo: serving {server.url} (Ctrl-C stops)", flush=True)
         signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends it as Ctrl-C does
         try:

@@ -240,3 +240,17 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(trained, tmp_path, m
         assert run() == 2
         (line,) = _lines(capsys.readouterr().err)
         assert line.startswith(f"{name}: ValueError: {named}") and "Traceback" not in line, line
+
+
+def test_captioning_works_from_another_folder_with_params_pointing_into_the_project(trained, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """The params' relative paths (assets/, weights/, models/captioner) are the project's, the
+    photo's and the output's are the user's."""
+    shutil.copy(trained / "data/world/images/000000.png", tmp_path / "a.png")
+    monkeypatch.chdir(trained)
+    assert caption.main([str(tmp_path / "a.png"), "--jsonl"]) == 0
+    inside = json.loads(capsys.readouterr().out)
+    monkeypatch.chdir(tmp_path)
+    assert caption.main(["a.png", "--params", str(trained / "params.yaml"), "--jsonl"]) == 0
+    outside = json.loads(capsys.readouterr().out)
+    assert outside == {**inside, "file": "a.png"}

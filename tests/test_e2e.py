@@ -236,9 +236,12 @@ def test_killed_repros_end_where_an_uninterrupted_one_ends(project, tmp_path):
 
 
 def test_pushed_features_pulled_into_a_clone_need_no_recompute(project, tmp_path):
+    """docs/pipeline.md's recipe as two people follow it: the remote committed in .dvc/config, a
+    clone pulls with no remote named. The remote's name is the test's own and `-f` replaces one
+    of that name: a remote the user added to their checkout (copied with it) never gets in the way."""
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
-    _dvc(project, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
-    subprocess.run(git + ["add", "-A"], cwd=project, check=True)
+    _dvc(project, "remote", "add", "-f", "-d", "graphcap-test-share", str(tmp_path / "remote"))
+    subprocess.run(git + ["add", "-A"], cwd=project, check=True)  # .dvc/config and dvc.lock among them
     subprocess.run(git + ["commit", "-qm", "features made"], cwd=project, check=True)
     _dvc(project, "push")
     clone = tmp_path / "clone"
