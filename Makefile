@@ -39,6 +39,8 @@ browser:
 	  fi; }
 
 repro: $(STAMP) java
+	@# every missing pretrained input named in one line, before DVC deletes or checks anything
+	$(BIN)/python -m pipeline.stages.weights --check
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 	@$(BIN)/dvc metrics show
 

@@ -40,24 +40,35 @@ def clip_settings(params: Params) -> dict[str, str]:
 
 
 def resolve(params: Params) -> dict[str, Path]:
-    """name → a local file or folder holding it; raises :class:`MissingWeights` naming what is
-    missing and how to get it."""
-    found = {}
+    """name → a local file or folder holding it; raises :class:`MissingWeights` naming every
+    input that is missing and how to get each, in one message (not one a run)."""
+    found, missing = {}, []
     for name, spec in sources(params).items():
-        if spec and Path(spec).resolve().is_relative_to(WEIGHTS.resolve()):
-            raise MissingWeights(f"{_KEYS[name]}: {spec} lies in {WEIGHTS}/, which the weights stage rewrites: "
-                                 "keep the sources elsewhere (e.g. pretrained/)")
-        if spec and Path(spec).exists():
-            if name in ("clip", "detector") and not Path(spec).is_file():
-                raise MissingWeights(f"{_KEYS[name]}: {spec} is a folder; name the weights file in it")
-            found[name] = Path(spec)
-        elif name == "clip":
-            found[name] = _cached_clip(params.clip.model, spec)
-        elif name == "gpt2":
-            found[name] = _cached_repo(spec, "model.gpt2")
-        else:
-            raise MissingWeights(f"{_KEYS[name]}: {spec!r} is not a local file or folder")
+        try:
+            found[name] = _resolve_one(params, name, spec)
+        except MissingWeights as err:
+            missing.append(str(err))
+    if missing:
+        raise MissingWeights(f"{len(missing)} pretrained input(s) missing: " + "; ".join(missing))
     return found
+
+
+def _resolve_one(params: Params, name: str, spec: str) -> Path:
+    if spec and Path(spec).resolve().is_relative_to(WEIGHTS.resolve()):
+        raise MissingWeights(f"{_KEYS[name]}: {spec} lies in {WEIGHTS}/, which the weights stage rewrites: "
+                             "keep the sources elsewhere (e.g. pretrained/)")
+    if spec and Path(spec).exists():
+        if name in ("clip", "detector") and not Path(spec).is_file():
+            raise MissingWeights(f"{_KEYS[name]}: {spec} is a folder; name the weights file in it")
+        return Path(spec)
+    if name == "clip":
+        return _cached_clip(params.clip.model, spec)
+    if name == "gpt2":
+        return _cached_repo(spec, "model.gpt2")
+    if name == "detector":
+        raise MissingWeights(f"regions.weights: {spec!r} is not a local file; save torchvision's COCO weights once on "
+                             "a machine with a network (docs/real-data.md, \"Weights\")")
+    raise MissingWeights(f"{_KEYS[name]}: {spec!r} is not a local file or folder")
 
 
 _KEYS = {"clip": "clip.pretrained", "detector": "regions.weights", "gpt2": "model.gpt2",

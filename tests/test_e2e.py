@@ -98,16 +98,28 @@ def test_paper_preset_lists_only_the_main_job(tmp_path):
     shutil.copy(ROOT / "presets/paper.yaml", paper / "params.yaml")
     listed = {line.split()[0] for line in _dvc(paper, "stage", "list").splitlines() if line.strip()}
     assert listed == MAIN_JOB - {"world", "optional@region_clip"}
-    # offline, with the hub names the preset gives and nothing cached: `dvc repro` stops at the
-    # weights stage with one line saying what is missing and how to get it, before any other work
+    # offline, with the hub names the preset gives and nothing cached: `make repro`'s check names
+    # every missing input in one line, before DVC runs (which would fail on the absent detector
+    # file in its own words); `dvc repro` itself stops at the weights stage with the same line and
+    # keeps what weights/ held
+    env = dict(os.environ, PATH=f"{DVC.parent}:{os.environ['PATH']}", HF_HUB_CACHE=str(tmp_path / "empty_hub"),
+               HF_HUB_OFFLINE="1", PYTHONPATH=str(paper))
+    check = subprocess.run([sys.executable, "-m", "pipeline.stages.weights", "--check"], cwd=paper,
+                           capture_output=True, text=True, env=env)
+    (line,) = check.stderr.splitlines()
+    assert check.returncode == 2 and line.startswith("stage weights: MissingWeights: 3 pretrained input(s) missing: ")
+    for key in ("clip.pretrained: 'openai' (ViT-B-32) is not in the hub's local cache", "regions.weights: ",
+                "model.gpt2: 'gpt2' is not a local folder nor in the hub's local cache"):
+        assert key in line, key
     (paper / "pretrained").mkdir()
     (paper / "pretrained/fasterrcnn_resnet50_fpn_coco-258fb6c6.pth").write_bytes(b"a stand-in: never loaded")
-    env = dict(os.environ, PATH=f"{DVC.parent}:{os.environ['PATH']}", HF_HUB_CACHE=str(tmp_path / "empty_hub"),
-               HF_HUB_OFFLINE="1")
+    (paper / "weights").mkdir()
+    (paper / "weights/sources.json").write_text("{}")  # what an earlier run resolved
     run = subprocess.run([str(DVC), "repro", "weights"], cwd=paper, capture_output=True, text=True, env=env)
     assert run.returncode != 0 and "Traceback" not in run.stdout + run.stderr
-    assert "stage weights: MissingWeights: clip.pretrained: 'openai' (ViT-B-32) is not in the hub's local cache" in (
-        run.stdout + run.stderr) and "hf download" in run.stdout + run.stderr
+    assert "stage weights: MissingWeights: 2 pretrained input(s) missing: clip.pretrained: 'openai'" in (
+        run.stdout + run.stderr) and "hf download gpt2" in run.stdout + run.stderr
+    assert (paper / "weights/sources.json").read_text() == "{}"
 
 
 def test_repro_runs_every_stage_and_writes_metrics(first_repro):

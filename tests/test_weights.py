@@ -62,7 +62,8 @@ def test_offline_a_name_not_in_the_cache_stops_the_stage_with_one_line(tmp_path)
     done = _run_weights_stage(project, tmp_path / "hub")
     assert done.returncode == 2 and "Traceback" not in done.stderr  # USER_ERROR_EXIT
     assert done.stderr.strip().splitlines()[-1].startswith(
-        "stage weights: MissingWeights: model.gpt2: 'gpt2' is not a local folder nor in the hub's local cache")
+        "stage weights: MissingWeights: 1 pretrained input(s) missing: model.gpt2: 'gpt2' is not a local folder nor in "
+        "the hub's local cache")
     assert "hf download gpt2" in done.stderr and not (project / "weights").exists()
 
 
