@@ -57,3 +57,21 @@ def test_missing_section_is_named(tmp_path):
     with pytest.raises(ParamsError, match="knn"):
         load_params(path)
 
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "presets/paper.yaml"])
+def test_an_override_as_dvc_exp_run_writes_it_changes_only_its_line(name, tmp_path):
+    """`dvc exp run -S train.lr=…` rewrites the whole params file through DVC's YAML writer: the
+    files are kept in the form that writer gives them, so the override is the diff's one line."""
+    import difflib
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` calls on each params file
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(ROOT / name, copy)
+    before = copy.read_text().splitlines()
+    apply_overrides(copy, ["train.lr=0.12345"])
+    changed = [line for line in difflib.unified_diff(before, copy.read_text().splitlines(), lineterm="", n=0)
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert len(changed) == 2 and changed[0].startswith("-  lr: ") and changed[1] == "+  lr: 0.12345", changed
