@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 
 
+# the figures `dvc metrics show` prints by default (results/headline.json), so its table fits a
+# terminal; every figure is in results/metrics.json (`dvc metrics show results/metrics.json`)
+HEADLINE = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "CLIPScore", "world/object_precision", "world/object_recall",
+            "world/relation_accuracy")
+
+
+def headline(metrics: dict) -> dict:
+    """The headline figures of ``metrics`` (those it has: the world/* ones only on the demo world)."""
+    return {key: metrics[key] for key in HEADLINE if key in metrics}
+
+
 def spice_unavailable_reason() -> str | None:
     """None when SPICE can run; otherwise why not."""
     lib = Path(spice_module.__file__).parent / "lib"

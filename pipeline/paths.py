@@ -14,6 +14,7 @@ TRAINING_LOG = Path("dvclive")
 TRAIN_SCORES = Path("results/train.json")
 
 METRICS = Path("results/metrics.json")
+HEADLINE_METRICS = Path("results/headline.json")  # METRICS' headline figures: what `dvc metrics show` shows
 CAPTIONS = Path("results/captions.json")
 COCO_RESULTS = Path("results/coco_results.json")  # the COCO caption server's result format
 ERROR_ANALYSIS = Path("results/error_analysis.json")

@@ -3,10 +3,10 @@ the references' own leave-one-out CIDEr, CLIPScore / RefCLIPScore and (on the de
 ground-truth judge and the relation ranking into results/metrics.json, captions and per-image scores into
 results/captions.json (and in the COCO server's result format, results/coco_results.json), and (on the demo world) the error analysis — confusions and detector vs
 captioner blame — into results/error_analysis.json."""
-from eval.metrics import human_cider, spice_unavailable_reason
+from eval.metrics import headline, human_cider, spice_unavailable_reason
 from pipeline.app import load_manifest, run_main, start, write_json
 from pipeline.evaluation import coco_results, evaluate_captioner
-from pipeline.paths import CAPTIONER, CAPTIONS, COCO_RESULTS, ERROR_ANALYSIS, METRICS
+from pipeline.paths import CAPTIONER, CAPTIONS, COCO_RESULTS, ERROR_ANALYSIS, HEADLINE_METRICS, METRICS
 
 
 def main() -> None:
@@ -15,6 +15,7 @@ def main() -> None:
     # a property of the data set, not of the model: here, not in every ablation cell
     metrics["CIDEr_human"] = human_cider({r["id"]: r["references"] for r in records})
     write_json(METRICS, metrics)
+    write_json(HEADLINE_METRICS, headline(metrics))
     write_json(CAPTIONS, records)
     write_json(COCO_RESULTS, coco_results(records))
     print_table(metrics)
