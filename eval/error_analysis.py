@@ -193,12 +193,12 @@ def html_tables(analysis: Mapping[str, Any]) -> str:
     parts.append(_table("attribution", "Ground-truth objects, by what the detector made of them", ["", "objects"],
                         [(status, [s[f"detector/{status}"]]) for status in ("detected", "misclassified", "missed")]))
     share = s["errors/detector_share"]
-    parts.append(_table("attribution", "Caption errors (an object omitted or mentioned wrongly), by cause",
+    blamed = "" if math.isnan(share) else f"; the detector's share of them: {share:.2f}"
+    parts.append(_table("attribution", f"Caption errors (an object omitted or mentioned wrongly), by cause{blamed}",
                         ["", "errors"],
                         [("detector: object missed", [s["errors/detector_missed"]]),
                          ("detector: object misclassified", [s["errors/detector_misclassified"]]),
                          ("captioner: object detected", [s["errors/captioner"]]),
-                         ("detector's share", ["–" if math.isnan(share) else f"{share:.2f}"]),
                          ("objects omitted", [s["errors/omitted"]]),
                          ("wrong mentions", [s["errors/wrong_mention"]]),
                          ("wrong mentions no object explains (not blamed)", [s["errors/unresolved"]]),

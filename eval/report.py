@@ -125,7 +125,9 @@ def draw(item: ReportItem, px: int) -> Image.Image:
     centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
     for (x0, y0, x1, y1), label in zip(boxes.tolist(), item.labels):
         canvas.rectangle((x0, y0, x1, y1), outline=(255, 255, 255), width=2)
-        canvas.text((x0 + 2, y0 + 1), label, fill=(255, 255, 0))
+        corner = (x0 + 2, y0 + 1)  # the label on a dark patch: legible on any photo, over other boxes too
+        canvas.rectangle(canvas.textbbox(corner, label), fill=(0, 0, 0))
+        canvas.text(corner, label, fill=(255, 255, 0))
     for s, t, a in item.explanation.edges:
         canvas.line([tuple(centres[s]), tuple(centres[t])], fill=(0, 255, 255), width=max(1, round(4 * a)))
     attention = item.explanation.node_attention
@@ -167,14 +169,27 @@ section h2{position:absolute;margin-top:-1.4em;font-size:1em;color:#666}
 img{flex:none}td.caption{font-size:1.1em}th{text-align:left;padding-right:1em;color:#555}
 #error-analysis{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start;margin-bottom:2em}
 #error-analysis h2{flex-basis:100%;margin:0}#error-analysis caption{text-align:left;font-weight:bold}
-#error-analysis td{text-align:right;padding:0 .4em}#error-analysis td.right{background:#dff0d8}"""
+#error-analysis td{text-align:right;padding:0 .4em}#error-analysis td.right{background:#dff0d8}
+#overview{display:flex;gap:3em;margin-bottom:1em}#overview caption{text-align:left;font-weight:bold}"""
 
 LEGEND = ("Boxes: detected regions (label = first local keyword). Cyan lines: KNN graph edges, width ∝ last-layer "
-          "GAT attention. Red dots: attention each region receives.")
+          "GAT attention. Red dots: attention each region receives. Mean gate: how much of the local keywords' text "
+          "embedding the local guidance lets through (eq. 12's sigmoid gate, averaged over its dimensions): 0 ignores "
+          "them, 1 passes them whole.")
 
 # filled in by the browser once every picture has decoded: what the headless-browser test reads
 CHECK = """<script>window.addEventListener('load',()=>{const i=[...document.images];
 document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>"""
+
+
+def overview(facts: Mapping[str, str], metrics: Mapping[str, float]) -> str:
+    """The first screen: what made the report (model, data set, split, decoding) and its headline
+    figures (pycocoevalcap's scale; the world/* ones are the demo world's ground-truth judge)."""
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
+    figures = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.3f}</td></tr>" for k, v in metrics.items()
+                      if isinstance(v, (int, float)))
+    return f"""<div id="overview"><table><caption>What made this report</caption>{rows}</table>
+<table><caption>Headline figures (whole split)</caption>{figures}</table></div>"""
 
 
 def _error_analysis(analysis: Mapping[str, Any] | None) -> str:
@@ -186,9 +201,10 @@ def _error_analysis(analysis: Mapping[str, Any] | None) -> str:
 
 
 def write_report(items: list[ReportItem], folder: Path, px: int, title: str,
-                 analysis: Mapping[str, Any] | None = None) -> Path:
-    """folder/index.html plus folder/images/<id>.png; returns the page. ``analysis``: what
-    :func:`eval.error_analysis.analyse` returned, shown before the images."""
+                 analysis: Mapping[str, Any] | None = None, first_screen: str = "") -> Path:
+    """folder/index.html plus folder/images/<id>.png; returns the page. ``first_screen``: HTML
+    shown first (:func:`overview`); ``analysis``: what :func:`eval.error_analysis.analyse`
+    returned, shown before the images."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     sections = []
     for item in items:
@@ -198,7 +214,7 @@ def write_report(items: list[ReportItem], folder: Path, px: int, title: str,
     page = folder / "index.html"
     page.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style>{CHECK}</head><body><h1>{html.escape(title)}</h1>
-<p>{LEGEND}</p>
+{first_screen}<p>{LEGEND}</p>
 {_error_analysis(analysis)}{''.join(sections)}</body></html>
 """, encoding="utf-8")
     return page

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.report import ReportItem, explain, write_report
+from eval.report import ReportItem, explain, overview, write_report
 from tests.helpers import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -70,3 +70,14 @@ def test_report_renders_offline_in_a_headless_browser(report, tmp_path):
                    timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # something was drawn, not a blank page
+
+
+def test_the_first_screen_says_what_made_the_report_and_its_headline_figures(report, tmp_path):
+    page, _ = report
+    items_page = page.read_text()
+    facts = {"model": "models/captioner", "data set": "demo_world", "split": "test", "decoding": "beam, beam 5"}
+    first = overview(facts, {"CIDEr": 4.5239, "BLEU-4": 0.9359})
+    assert "<th>decoding</th><td>beam, beam 5</td>" in first and "<th>CIDEr</th><td>4.524</td>" in first
+    html_page = write_report([], tmp_path / "r", 100, "t", first_screen=first).read_text()
+    assert html_page.index('id="overview"') < html_page.index("Mean gate")  # first, then the legend's gate line
+    assert "Mean gate" in items_page

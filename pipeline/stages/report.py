@@ -3,11 +3,12 @@ the evaluation split, with the evaluate stage's error analysis where it made one
 eval/report.py for what it shows."""
 import json
 
-from eval.report import report_items, write_report
+from eval.report import overview, report_items, write_report
 from pipeline.app import load_manifest, run_main, start
 from pipeline.datasets import image_paths
 from pipeline.model_inputs import open_features, split_indices, text_encoder
-from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, REPORT
+from pipeline.params import Params
+from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, HEADLINE_METRICS, REPORT
 from pipeline.runtime import device_of
 from train.model import load_captioner
 
@@ -32,10 +33,23 @@ def main() -> None:
         item.references = entry["captions"]
         item.scores = {f"{name} ({scored})": value for name, value in scores.items()}
     analysis = json.loads(ERROR_ANALYSIS.read_text()) if ERROR_ANALYSIS.exists() else {}
+    first_screen = overview(_facts(params, manifest, config, len(items)), json.loads(HEADLINE_METRICS.read_text()))
     page = write_report(items, REPORT, params.report.image_px, f"graphcap report: {len(items)} "
                         f"{params.evaluate.split} images",
-                        analysis if "confusion" in analysis else None)  # not the stub of a data set without truth
+                        analysis if "confusion" in analysis else None,  # not the stub of a data set without truth
+                        first_screen)
     print(f"report: {page.resolve().as_uri()}")
+
+
+
+def _facts(params: Params, manifest: dict, config: dict, shown: int) -> dict[str, str]:
+    """What made the report, for its first screen."""
+    decode = params.evaluate.decode
+    beam = f", beam {decode.beam_size}" if decode.method in ("beam", "hybrid") else ""
+    return {"model": f"{CAPTIONER}, trained on {config.get('dataset', '?')} (its settings: {CAPTIONER}/config.json)",
+            "data set": f"{manifest['dataset']} ({params.data.dataset})",
+            "split": f"{params.evaluate.split}: figures over the whole split, {shown} images shown below",
+            "decoding": decode.method + beam}
 
 
 if __name__ == "__main__":
