@@ -170,7 +170,8 @@ img{flex:none}td.caption{font-size:1.1em}th{text-align:left;padding-right:1em;co
 #error-analysis{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start;margin-bottom:2em}
 #error-analysis h2{flex-basis:100%;margin:0}#error-analysis caption{text-align:left;font-weight:bold}
 #error-analysis td{text-align:right;padding:0 .4em}#error-analysis td.right{background:#dff0d8}
-#overview{display:flex;gap:3em;margin-bottom:1em}#overview caption{text-align:left;font-weight:bold}"""
+#overview{display:flex;flex-wrap:wrap;gap:3em;margin-bottom:1em}#overview caption{text-align:left;font-weight:bold}
+figure.curve{margin:0}"""
 
 LEGEND = ("Boxes: detected regions (label = first local keyword). Cyan lines: KNN graph edges, width ∝ last-layer "
           "GAT attention. Red dots: attention each region receives. Mean gate: how much of the local keywords' text "
@@ -182,14 +183,38 @@ CHECK = """<script>window.addEventListener('load',()=>{const i=[...document.imag
 document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>"""
 
 
-def overview(facts: Mapping[str, str], metrics: Mapping[str, float]) -> str:
-    """The first screen: what made the report (model, data set, split, decoding) and its headline
-    figures (pycocoevalcap's scale; the world/* ones are the demo world's ground-truth judge)."""
+def overview(facts: Mapping[str, str], metrics: Mapping[str, float], curves: str = "") -> str:
+    """The first screen: what made the report (model, data set, split, decoding), its headline
+    figures (pycocoevalcap's scale; the world/* ones are the demo world's ground-truth judge) and
+    ``curves`` (:func:`curve_svg`)."""
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts.items())
     figures = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.3f}</td></tr>" for k, v in metrics.items()
                       if isinstance(v, (int, float)))
     return f"""<div id="overview"><table><caption>What made this report</caption>{rows}</table>
-<table><caption>Headline figures (whole split)</caption>{figures}</table></div>"""
+<table><caption>Headline figures (whole split)</caption>{figures}</table>{curves}</div>"""
+
+
+def curve_svg(name: str, points: list[tuple[float, float]], width: int = 320, height: int = 140) -> str:
+    """One training curve as an inline SVG line chart (no script, nothing fetched: the page stays
+    offline), its first and last value and its range written beside it."""
+    if not points:
+        return ""
+    xs, ys = zip(*points)
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    pad = 24
+
+    def at(x: float, y: float) -> str:
+        px = pad + (x - x0) / ((x1 - x0) or 1) * (width - 2 * pad)
+        py = height - pad - (y - y0) / ((y1 - y0) or 1) * (height - 2 * pad)
+        return f"{px:.1f},{py:.1f}"
+
+    line = " ".join(at(x, y) for x, y in points)
+    return (f'<figure class="curve"><svg width="{width}" height="{height}" role="img" aria-label="{html.escape(name)}">'
+            f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="#fff" stroke="#ccc"/>'
+            f'<polyline points="{line}" fill="none" stroke="#36c" stroke-width="2"/>'
+            f'<text x="{pad}" y="{height - 6}" font-size="11">epoch {x0:g}</text>'
+            f'<text x="{width - pad}" y="{height - 6}" font-size="11" text-anchor="end">{x1:g}</text></svg>'
+            f"<figcaption>{html.escape(name)}: {ys[0]:.3f} → {ys[-1]:.3f} (range {y0:.3f}–{y1:.3f})</figcaption></figure>")
 
 
 def _error_analysis(analysis: Mapping[str, Any] | None) -> str:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.report import ReportItem, explain, overview, write_report
+from eval.report import ReportItem, curve_svg, explain, overview, write_report
 from tests.helpers import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -81,3 +81,7 @@ def test_the_first_screen_says_what_made_the_report_and_its_headline_figures(rep
     html_page = write_report([], tmp_path / "r", 100, "t", first_screen=first).read_text()
     assert html_page.index('id="overview"') < html_page.index("Mean gate")  # first, then the legend's gate line
     assert "Mean gate" in items_page
+    curve = curve_svg("validation CIDEr", [(0, 0.37), (1, 0.43), (2, 0.41)])
+    assert "<polyline points=" in curve and "validation CIDEr: 0.370 → 0.410 (range 0.370–0.430)" in curve
+    assert "http" not in curve.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
+    assert curve_svg("empty", []) == ""

@@ -3,12 +3,12 @@ the evaluation split, with the evaluate stage's error analysis where it made one
 eval/report.py for what it shows."""
 import json
 
-from eval.report import overview, report_items, write_report
+from eval.report import curve_svg, overview, report_items, write_report
 from pipeline.app import load_manifest, run_main, start
 from pipeline.datasets import image_paths
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
-from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, HEADLINE_METRICS, REPORT
+from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, HEADLINE_METRICS, REPORT, TRAINING_LOG
 from pipeline.runtime import device_of
 from train.model import load_captioner
 
@@ -33,13 +33,27 @@ def main() -> None:
         item.references = entry["captions"]
         item.scores = {f"{name} ({scored})": value for name, value in scores.items()}
     analysis = json.loads(ERROR_ANALYSIS.read_text()) if ERROR_ANALYSIS.exists() else {}
-    first_screen = overview(_facts(params, manifest, config, len(items)), json.loads(HEADLINE_METRICS.read_text()))
+    first_screen = overview(_facts(params, manifest, config, len(items)), json.loads(HEADLINE_METRICS.read_text()),
+                            _curves())
     page = write_report(items, REPORT, params.report.image_px, f"graphcap report: {len(items)} "
                         f"{params.evaluate.split} images",
                         analysis if "confusion" in analysis else None,  # not the stub of a data set without truth
                         first_screen)
     print(f"report: {page.resolve().as_uri()}")
 
+
+
+CURVES = {"training loss": "train/loss_total.tsv", "validation CIDEr (greedy)": "val/CIDEr_greedy.tsv"}
+
+
+def _curves() -> str:
+    """The training curves dvclive logged, drawn into the page (a run resumed drops redone rows first)."""
+    drawn = []
+    for name, tsv in CURVES.items():
+        path = TRAINING_LOG / "plots/metrics" / tsv
+        rows = [line.split("\t") for line in path.read_text().splitlines()[1:]] if path.exists() else []
+        drawn.append(curve_svg(name, [(float(step), float(value)) for step, value in rows]))
+    return "".join(drawn)
 
 
 def _facts(params: Params, manifest: dict, config: dict, shown: int) -> dict[str, str]:
