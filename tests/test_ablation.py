@@ -65,7 +65,8 @@ def test_variants_change_only_switches_and_schedule():
 def test_an_unknown_variant_in_params_stops_loading(tmp_path):
     text = (ROOT / "params.yaml").read_text()
     path = tmp_path / "params.yaml"
-    path.write_text(text.replace("variants: [clip_prefix,", "variants: [tokens_geometry, clip_prefix,", 1))
+    assert "\n  - clip_prefix\n" in text  # ablation.variants' first row, a block list as DVC writes it
+    path.write_text(text.replace("\n  - clip_prefix\n", "\n  - tokens_geometry\n  - clip_prefix\n", 1))
     with pytest.raises(ValueError, match="unknown variant 'tokens_geometry'"):
         load_params(path)
 
