@@ -2,6 +2,7 @@
 the manifest, JSON output, and user errors as one line instead of a traceback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from features.errors import ImageError, StoreError
 from pipeline import runtime
@@ -61,18 +62,28 @@ def remove_on_stop(folder: Path) -> None:
     _REMOVE_ON_STOP.append(Path(folder))
 
 
-def stop_on_signals() -> None:
-    """SIGTERM and Ctrl-C end the command at once with exit code 128 + the signal, after removing
-    the folders given to :func:`remove_on_stop`. Not by raising in the main thread: an exception
-    raised inside a library's loader can come out as another error (measured: torch turned one
-    into a ValueError), which would read as a user error."""
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """While inside, SIGTERM and Ctrl-C end the command at once with exit code 128 + the signal,
+    after removing the folders given to :func:`remove_on_stop`; the previous handlers are back
+    afterwards (a caller's process, a test run's, keeps its own). Not by raising in the main
+    thread: an exception raised inside a library's loader can come out as another error
+    (measured: torch turned one into a ValueError), which would read as a user error. A process
+    forked meanwhile (a loader worker) dies of the signal as by default."""
+    owner = os.getpid()
+
     def stop(signum: int, frame: object) -> None:
-        for folder in _REMOVE_ON_STOP:
-            shutil.rmtree(folder, ignore_errors=True)
+        if os.getpid() == owner:
+            for folder in _REMOVE_ON_STOP:
+                shutil.rmtree(folder, ignore_errors=True)
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def exit_with_parent(poll_seconds: float = 1.0) -> None:

@@ -31,7 +31,7 @@ import transformers
 
 from features.images import file_problem
 from features.store import check_provenance
-from pipeline.app import project_of, remove_on_stop, run_command, start, stop_on_signals
+from pipeline.app import project_of, remove_on_stop, run_command, start, stopping_on_signals
 from pipeline.extract import IMAGE_FEATURES
 from pipeline.model_inputs import text_encoder
 from pipeline.params import Params
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
     parser.add_argument("--verbose", action="store_true", help="the extractors' logs and progress bars on stderr")
     args = parser.parse_args(argv)
-    stop_on_signals()  # a kill or Ctrl-C removes the scratch store
-    return run_command("graphcap-caption", lambda: _caption_and_print(args))
+    with stopping_on_signals():  # a kill or Ctrl-C removes the scratch store
+        return run_command("graphcap-caption", lambda: _caption_and_print(args))
 
 
 def _caption_and_print(args: argparse.Namespace) -> int:
