@@ -166,8 +166,8 @@ def check(project: Path, sample: Path, keep: bool) -> dict:
     captions = write_dataset(sample, project / "data/real_sample")
     write_params(project, build_weights(project / "pretrained", captions), project / "data/real_sample")
     git = ["git", "-c", "user.name=paper-check", "-c", "user.email=paper-check@example.invalid"]
-    for command in (["init", "-q"], ["add", "-A", "--", ".", ":!pretrained", ":!data"], ["commit", "-qm", "paper check"]):
-        subprocess.run(git + command, cwd=project, check=True)  # dvclive wants a commit
+    for command in (["init", "-q"], ["add", "-A", "--", ".", ":!data"], ["commit", "-qm", "paper check"]):
+        subprocess.run(git + command, cwd=project, check=True)  # dvclive wants a commit; pretrained/ is git-ignored
     prepared = time.perf_counter() - started
     stages = run_repro(project, project / "repro.log")
     missing = [name for name in RESULTS if not (project / name).is_file()]
