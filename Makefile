@@ -1,5 +1,5 @@
 # `make repro`: the main job (dvc.yaml) on the configured data set, the demo world by default.
-# `make test`: the test suite. `make studies`: the ablation table (studies/dvc.yaml).
+# `make test`: the test suite (`make test-slow`: the slow tests). `make studies`: the ablation table (studies/dvc.yaml).
 # `make paper-check`: the main job at the paper's sizes on real photos, in a temporary copy.
 # All create .venv on first use; later runs reuse it (the stamp is redone when pyproject.toml changes).
 PYTHON ?= python3
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro studies paper-check test java browser clean-venv
+.PHONY: repro studies paper-check test test-slow java browser clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,11 @@ paper-check: $(STAMP) java
 	$(BIN)/python -m pipeline.paper_check
 
 test: $(STAMP) java browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the tests marked slow (minutes each): CI runs them after `make test`
+test-slow: $(STAMP) java browser
+	$(BIN)/python -m pytest -q -m slow
 
 clean-venv:
 	rm -rf $(VENV)

@@ -235,6 +235,7 @@ def _kill_during(project: Path, stage: str, delay: float) -> bool:
     return False
 
 
+@pytest.mark.slow  # ~2.6 min: six killed `dvc repro` runs and a full one (`make test-slow`)
 def test_killed_repros_end_where_an_uninterrupted_one_ends(project, tmp_path):
     """SIGKILL `dvc repro` (with its stage) inside every stage in turn, at different moments
     (starting up, computing, writing), rerun it, and compare every output hash with the

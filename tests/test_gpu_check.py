@@ -21,6 +21,7 @@ def test_without_cuda_it_says_so_and_exits_0(capsys):
     assert "no CUDA device here" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~5.5 min on a 2-core CPU without AVX-512 (bf16 emulated): `make test-slow`
 def test_cpu_dry_run_prints_every_row_with_figures(capsys):
     assert gpu_check.main(["--device", "cpu", "--images", "2", "--batch", "2", "--steps", "1", "--workers", "0"]) == 0
     out = capsys.readouterr().out
