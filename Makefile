@@ -1,5 +1,5 @@
 # `make repro`: the main job (dvc.yaml) on the configured data set, the demo world by default.
-# `make test`: the test suite (`make test-slow`: the slow tests). `make studies`: the ablation table (studies/dvc.yaml).
+# `make test`: the test suite (`make test-slow`: the slow tests). `make studies`: the ablation table (studies/, a DVC project of its own).
 # `make paper-check`: the main job at the paper's sizes on real photos, in a temporary copy.
 # All create .venv on first use; later runs reuse it (the stamp is redone when pyproject.toml changes).
 PYTHON ?= python3
@@ -45,8 +45,8 @@ repro: $(STAMP) java
 	@$(BIN)/dvc metrics show
 
 studies: $(STAMP) java
-	PATH="$(abspath $(BIN)):$$PATH" dvc repro studies/dvc.yaml
-	@cat results/ablations.md
+	cd studies && PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	@cat studies/results/ablations.md
 
 paper-check: $(STAMP) java
 	$(BIN)/python -m pipeline.paper_check

@@ -20,10 +20,12 @@ COCO_RESULTS = Path("results/coco_results.json")  # the COCO caption server's re
 ERROR_ANALYSIS = Path("results/error_analysis.json")
 REPORT = Path("results/report")
 
-ABLATION_DATA = Path("results/ablation_data.json")  # what the data set offers the studies
-ABLATION_CELLS = Path("results/ablations")  # one JSON of metrics per variant and seed
+# the studies: a DVC project of their own in studies/ (its outputs must lie inside it)
+STUDIES = Path("studies")
+ABLATION_DATA = STUDIES / "results/ablation_data.json"  # what the data set offers the studies
+ABLATION_CELLS = STUDIES / "results/ablations"  # one JSON of metrics per variant and seed
 ABLATION_WORK = Path("models/ablations")  # a cell's model and checkpoint while it runs (removed after)
-ABLATION_TABLE = Path("results/ablations")  # .md, .csv and .json beside the cells' folder
+ABLATION_TABLE = STUDIES / "results/ablations"  # .md, .csv and .json beside the cells' folder
 
 
 def keyword_banks(store_dir: str | Path) -> Path:

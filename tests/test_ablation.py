@@ -16,7 +16,7 @@ from eval.ablation import (
     variant,
 )
 from pipeline.params import load_params
-from pipeline.paths import ABLATION_DATA
+from pipeline.paths import ABLATION_CELLS, ABLATION_DATA
 from pipeline.stages.ablation import variant_params
 from tests.conftest import ROOT, tiny_project
 
@@ -111,7 +111,7 @@ def test_cells_of_related_captioners_and_other_graphs_run_through_the_stage(tmp_
             patch.chdir(project)
             patch.setattr("sys.argv", ["ablation", variant_name, "0"])
             ablation.main()
-        metrics = json.loads((project / f"results/ablations/{variant_name}-0.json").read_text())
+        metrics = json.loads((project / ABLATION_CELLS / f"{variant_name}-0.json").read_text())
         assert metrics["variant"] == variant_name and metrics["n_images"] == 2 and math.isfinite(metrics["CIDEr"])
     assert {p: p.read_bytes() for p in (project / "data/features/knn").glob("*.h5")} == shared_graphs
     assert not any((project / "models/ablations").iterdir())  # each cell cleans up after itself

@@ -40,7 +40,7 @@ def _stage(name: str) -> str:
     """How DVC names a stage in its output: with its dvc.yaml when that is not the root one."""
     if name == "world":
         return "data/dvc.yaml:world"
-    return f"studies/dvc.yaml:{name}" if name.startswith("ablation") else name
+    return name
 
 
 def _set(project: Path, updates: dict) -> None:
@@ -74,7 +74,7 @@ def _make_project(project: Path) -> Path:
     for name in _project_files():
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, project / name)
-    for generated in ("dvc.lock", "data/dvc.lock", "studies/dvc.lock", "results", "dvclive"):
+    for generated in ("dvc.lock", "data/dvc.lock", "studies/dvc.lock", "studies/results", "results", "dvclive"):
         shutil.rmtree(project / generated, ignore_errors=True) if (project / generated).is_dir() else (
             project / generated).unlink(missing_ok=True)
     _set(project, {"world.n_train": 24, "world.n_val": 6, "world.n_test": 6, "store.shard_size": 16,
@@ -143,7 +143,7 @@ def test_repro_runs_every_stage_and_writes_metrics(first_repro):
     header = table[0].split()
     assert "CIDEr" in header and "world/object_recall" in header and "BLEU-1" not in header
     assert max(map(len, table)) <= 200, table  # fits a terminal; every figure: `dvc metrics show results/metrics.json`
-    assert not (project / "results/ablations.json").exists()
+    assert not (project / "studies/results").exists()
     page = (project / "results/report/index.html").read_text()
     assert page.count("<section") == 6 and len(list((project / "results/report/images").glob("*.png"))) == 6
 
@@ -290,13 +290,13 @@ def test_parameters_rerun_only_what_depends_on_them(project):
 
 
 def test_studies_run_apart_and_rerun_only_new_cells(project):
-    assert _stages_run(_dvc(project, "repro", "studies/dvc.yaml")) == {
-        _stage(name) for name in ("ablation_check", "ablation@baseline-0", "ablation_table")}
-    table = (project / "results/ablations.md").read_text().splitlines()
+    studies = project / "studies"  # a DVC project of its own: the root's status never lists a cell
+    assert "ablation" not in _dvc(project, "status")
+    assert _stages_run(_dvc(studies, "repro")) == {"ablation_check", "ablation@baseline-0", "ablation_table"}
+    table = (studies / "results/ablations.md").read_text().splitlines()
     assert table[0].startswith("| model | seeds | BLEU-4") and len(table) == 3  # header, rule, one row
     assert "Baseline" in table[2] and "±" in table[2]
-    assert "CIDEr" in _dvc(project, "metrics", "show", "results/ablations.json")
+    assert "CIDEr" in _dvc(studies, "metrics", "show", "results/ablations.json")
     _set(project, {"ablation.seeds": [0, 1]})  # one more seed: only its cell and the table
-    assert _stages_run(_dvc(project, "repro", "studies/dvc.yaml")) == {
-        _stage("ablation@baseline-1"), _stage("ablation_table")}
+    assert _stages_run(_dvc(studies, "repro")) == {"ablation@baseline-1", "ablation_table"}
     assert _stages_run(_dvc(project, "repro")) == set()  # the main job is untouched by the studies

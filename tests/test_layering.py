@@ -2,6 +2,7 @@
 stage importing another, and dvc.yaml deps that cover all the code a stage runs (so a code change
 reruns exactly the stages it can change)."""
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -105,19 +106,33 @@ def test_no_import_circle():
             visit(module, [])
 
 
+def _from_root(name: str, spec: dict) -> dict:
+    """The spec with its deps and outs as paths from the project root, and its cmd without the
+    ``cd ..`` of a pipeline whose commands run there (studies/ is a DVC project of its own)."""
+    here = Path(name).parent / spec.get("wdir", ".")
+
+    def rebase(entry):
+        if isinstance(entry, dict):
+            return {rebase(k): v for k, v in entry.items()}
+        return entry if "${" in entry else os.path.normpath(here / entry)
+    return {**spec, "cmd": spec["cmd"].removeprefix("cd .. && "),
+            **{key: [rebase(e) for e in spec.get(key, [])] for key in ("deps", "outs", "metrics")}}
+
+
 def _specs(name: str):
-    """(stage name, spec) of a pipeline file, a ``foreach`` stage expanded over the demo params."""
+    """(stage name, spec) of a pipeline file, paths from the project root, a ``foreach`` stage
+    expanded over the demo params."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for stage, spec in yaml.safe_load((ROOT / name).read_text())["stages"].items():
         if "foreach" not in spec:
-            yield stage, spec
+            yield stage, _from_root(name, spec)
             continue
         keys = re.fullmatch(r"\$\{([\w.]+)\}", spec["foreach"])[1].split(".")
         items = params
         for key in keys:
             items = items[key]
         for item in items:
-            yield f"{stage}@{item}", yaml.safe_load(yaml.safe_dump(spec["do"]).replace("${item}", item))
+            yield f"{stage}@{item}", _from_root(name, yaml.safe_load(yaml.safe_dump(spec["do"]).replace("${item}", item)))
 
 
 def _stages():
