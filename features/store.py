@@ -54,6 +54,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,9 @@ def write_shard(path: Path, kind: str, image_ids: Sequence[str], arrays: Mapping
     if kind not in KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; known: {KINDS}")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of its own per writer: two workers handed the same shard (a retry while the first
+    # still runs) each write a whole file, and the last rename wins
+    tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_file(tmp, kind, image_ids, arrays, provenance, first_index, rejects, inputs)

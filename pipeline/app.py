@@ -55,17 +55,28 @@ def run_command(name: str, main: Callable[[], int | None]) -> int:
         return USER_ERROR_EXIT
 
 
-_REMOVE_ON_STOP: list[Path] = []  # scratch folders a stopped command removes (remove_on_stop)
+_ON_STOP: list[Callable[[], object]] = []  # what a stopped command does first (remove_on_stop, on_stop)
 
 
 def remove_on_stop(folder: Path) -> None:
-    _REMOVE_ON_STOP.append(Path(folder))
+    _ON_STOP.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+@contextlib.contextmanager
+def on_stop(action: Callable[[], object]) -> Iterator[None]:
+    """While inside, a stop by signal (see :func:`stopping_on_signals`) runs ``action`` first
+    (e.g. cancelling the cluster jobs this command submitted)."""
+    _ON_STOP.append(action)
+    try:
+        yield
+    finally:
+        _ON_STOP.remove(action)
 
 
 @contextlib.contextmanager
 def stopping_on_signals() -> Iterator[None]:
     """While inside, SIGTERM and Ctrl-C end the command at once with exit code 128 + the signal,
-    after removing the folders given to :func:`remove_on_stop`; the previous handlers are back
+    after the actions of :func:`remove_on_stop` and :func:`on_stop`; the previous handlers are back
     afterwards (a caller's process, a test run's, keeps its own). Not by raising in the main
     thread: an exception raised inside a library's loader can come out as another error
     (measured: torch turned one into a ValueError), which would read as a user error. A process
@@ -74,8 +85,8 @@ def stopping_on_signals() -> Iterator[None]:
 
     def stop(signum: int, frame: object) -> None:
         if os.getpid() == owner:
-            for folder in _REMOVE_ON_STOP:
-                shutil.rmtree(folder, ignore_errors=True)
+            for action in _ON_STOP:
+                action()
         os._exit(128 + signum)
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}

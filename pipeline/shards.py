@@ -29,18 +29,23 @@ class Rank:
     count: int = 1
 
     @classmethod
-    def from_args(cls, argv: list[str] | None = None) -> "Rank":
-        """``--shard i/n`` on the command line, else torchrun's RANK/WORLD_SIZE, else 0/1."""
-        parser = argparse.ArgumentParser()
-        parser.add_argument("--shard", default="", help="i/n: compute only shards s with s %% n == i")
-        spec = parser.parse_args(argv).shard
-        if spec:
-            index, count = (int(x) for x in spec.split("/"))
-        else:
-            index, count = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    def from_spec(cls, spec: str = "") -> "Rank":
+        """``i/n`` (``--shard``), else torchrun's RANK/WORLD_SIZE, else 0/1."""
+        try:
+            index, count = ((int(x) for x in spec.split("/")) if spec else
+                            (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))))
+        except ValueError as err:
+            raise ValueError(f"--shard {spec!r}: expected i/n, e.g. 0/4") from err
         if not 0 <= index < count:
             raise ValueError(f"--shard {index}/{count}: need 0 <= i < n")
         return cls(index, count)
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "Rank":
+        """``--shard i/n`` on the command line, else as :meth:`from_spec`."""
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--shard", default="", help="i/n: compute only shards s with s %% n == i")
+        return cls.from_spec(parser.parse_args(argv).shard)
 
 
 # compute(shard_index, manifest entries, progress(n_images)) -> (arrays, {row: reason} of rejected rows)
@@ -94,27 +99,47 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
     ``summarize``: gather the rejected images into ``<kind>/rejects.json`` with a warning (a
     caller that reports each file itself, as captioning does, says no).
     """
-    images, store = manifest["images"], Path(params.store.dir)
-    slices = shard_slices(len(images), params.store.shard_size)
-    mine = [i for i in range(len(slices)) if i % rank.count == rank.index]
-    todo = [i for i in mine
-            if not _is_current(shard_path(store, kind, i), kind, provenance, images[slices[i]])]
+    slices = shard_slices(len(manifest["images"]), params.store.shard_size)
+    todo = [i for i in missing_shards(params, manifest, kind, provenance) if i % rank.count == rank.index]
     log.info("%s: %d of %d shards to compute (rank %d/%d)", kind, len(todo), len(slices), rank.index, rank.count)
     with tqdm(total=sum(slices[i].stop - slices[i].start for i in todo), desc=kind, unit="img",
               smoothing=0.1, disable=not log.isEnabledFor(logging.INFO)) as bar:  # a bar is INFO too
         for index in todo:
-            entries = images[slices[index]]
-            arrays, errors = compute(index, entries, bar.update)
-            reject_nonfinite(kind, arrays, errors)
-            if errors and params.store.on_bad_image == "fail":
-                raise ImageError(next(iter(errors.values())) + " (store.on_bad_image: fail)")
-            rejects = [{"id": entries[row]["id"], "file": entries[row]["path"], "reason": reason}
-                       for row, reason in sorted(errors.items())]
-            write_shard(shard_path(store, kind, index), kind, [e["id"] for e in entries], arrays, provenance,
-                        first_index=slices[index].start, rejects=rejects, inputs=shard_inputs(kind, entries))
-    _remove_stale(store, kind, len(slices))
+            write_one_shard(params, manifest, kind, provenance, compute, index, bar.update)
+    finish_kind(Path(params.store.dir), kind, len(slices), summarize)
+
+
+def missing_shards(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
+                   only: list[int] | None = None) -> list[int]:
+    """The shards of ``kind`` (or of ``only``) that are missing, stale or damaged: each existing one
+    is read in full and checked, as graphcap-verify does."""
+    images, store = manifest["images"], Path(params.store.dir)
+    slices = shard_slices(len(images), params.store.shard_size)
+    return [i for i in (range(len(slices)) if only is None else only)
+            if not _is_current(shard_path(store, kind, i), kind, provenance, images[slices[i]])]
+
+
+def write_one_shard(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
+                    compute: Compute, index: int, progress: Callable[[int], object] = lambda n: None) -> None:
+    """Compute shard ``index`` of ``kind`` and write it atomically (a worker killed mid-way leaves
+    only a ``.tmp`` file, never a shard that looks complete)."""
+    entries = manifest["images"][shard_slices(len(manifest["images"]), params.store.shard_size)[index]]
+    arrays, errors = compute(index, entries, progress)
+    reject_nonfinite(kind, arrays, errors)
+    if errors and params.store.on_bad_image == "fail":
+        raise ImageError(next(iter(errors.values())) + " (store.on_bad_image: fail)")
+    rejects = [{"id": entries[row]["id"], "file": entries[row]["path"], "reason": reason}
+               for row, reason in sorted(errors.items())]
+    write_shard(shard_path(Path(params.store.dir), kind, index), kind, [e["id"] for e in entries], arrays, provenance,
+                first_index=index * params.store.shard_size, rejects=rejects, inputs=shard_inputs(kind, entries))
+
+
+def finish_kind(store: Path, kind: str, n_shards: int, summarize: bool = True) -> None:
+    """After the shards are written: remove what lies past the manifest's end and gather the
+    rejected images."""
+    _remove_stale(store, kind, n_shards)
     if summarize:
-        _summarize_rejects(store, kind, len(slices))
+        _summarize_rejects(store, kind, n_shards)
 
 
 def read_upstream(params: Params, kind: str, shard: int, record: dict[str, Any], entries: list[dict[str, Any]],
