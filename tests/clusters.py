@@ -107,7 +107,7 @@ def slurm_cluster(root: Path) -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def ray_cluster(cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
+def ray_cluster(cpus_per_node: int = 2) -> Iterator[dict[str, str]]:
     """A head node and a second node, each declaring one GPU; yields the environment that points
     drivers at it (RAY_ADDRESS) and, under "RAY_WORKER_NODE_PORT", the second node's node-manager
     port, by which a test finds the node to stop."""
@@ -117,9 +117,10 @@ def ray_cluster(cpus_per_node: int = 1) -> Iterator[dict[str, str]]:
     port, worker_port = _free_port(), _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=1",
-              "--include-dashboard=false", "--disable-usage-stats"]
+              "--object-store-memory=100000000", "--disable-usage-stats"]  # features never go through it
     try:
-        subprocess.run([str(ray), "start", "--head", f"--port={port}", *common], env=env, check=True,
+        subprocess.run([str(ray), "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                       env=env, check=True,
                        capture_output=True, timeout=120)
         subprocess.run([str(ray), "start", f"--address=127.0.0.1:{port}", f"--node-manager-port={worker_port}",
                         *common], env=env, check=True, capture_output=True, timeout=120)

@@ -2,8 +2,9 @@
 holding its extractor loaded once, each pinned by Ray to its own GPUs when ``gpus_per_actor`` is
 set. Shards go to whichever actor is free, so a slow node holds up no one; features never pass
 through Ray's object store (an actor writes its shard into the shared store and returns nothing
-but whether it succeeded). An actor whose node is lost is restarted elsewhere and its shard
-retried (Ray's ``max_restarts`` / ``max_task_retries``)."""
+but whether it succeeded). When an actor's node is lost, its shard goes to the actors left (a
+restarted actor could wait forever for resources a lost node took with it); the stage's next
+round starts a fresh pool for whatever is still missing."""
 from __future__ import annotations
 
 import logging
@@ -37,20 +38,20 @@ class RayEngine:
         except (ConnectionError, RuntimeError) as err:
             raise StoreError(f"executor.engine ray: no Ray cluster at {address} ({err})") from err
         try:
-            actor = ray.remote(ShardWorker).options(
-                num_cpus=self.config.cpus_per_actor, num_gpus=self.config.gpus_per_actor,
-                max_restarts=self.retries, max_task_retries=self.retries)
+            actor = ray.remote(ShardWorker).options(num_cpus=self.config.cpus_per_actor,
+                                                    num_gpus=self.config.gpus_per_actor)
             pool = [actor.remote(run.kind, str(run.project)) for _ in range(min(self.config.actors, len(run.shards)))]
             log.info("%s: %d shards to %d Ray actors at %s", run.kind, len(run.shards), len(pool), address)
-            _dispatch(ray, pool, run)
+            _dispatch(ray, pool, run, self.retries)
         finally:
             ray.shutdown()
 
 
-def _dispatch(ray, pool: list, run: ShardRun) -> None:
-    """Hand each shard to the next free actor until all are handed and answered; an actor that is
-    gone for good (its restarts spent) takes no more work, and its shard stays missing."""
-    queue, free, pending = list(run.shards), list(pool), {}
+def _dispatch(ray, pool: list, run: ShardRun, retries: int) -> None:
+    """Hand each shard to the next free actor until all are handed and answered. An actor that
+    dies (its node lost, killed) takes no more work and its shard goes back to the queue, at most
+    ``retries`` times: the survivors take it, so a lost node costs only the shards it held."""
+    queue, free, pending, requeued = list(run.shards), list(pool), {}, dict.fromkeys(run.shards, 0)
     while queue or pending:
         while queue and free:
             worker = free.pop()
@@ -66,3 +67,6 @@ def _dispatch(ray, pool: list, run: ShardRun) -> None:
             free.append(worker)
         except ray.exceptions.RayActorError as err:
             log.warning("%s shard %d: its actor is gone (%s)", run.kind, index, str(err).splitlines()[0])
+            if requeued[index] < retries:
+                requeued[index] += 1
+                queue.append(index)
