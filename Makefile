@@ -1,5 +1,5 @@
 # `make repro`: the main job (dvc.yaml) on the configured data set, the demo world by default.
-# `make test`: the test suite (`make test-slow`: the slow tests). `make studies`: the ablation table (studies/, a DVC project of its own).
+# `make test`: the test suite (`make test-slow`: the slow tests; `make test-clusters`: on SLURM and Ray). `make studies`: the ablation table (studies/, a DVC project of its own).
 # `make paper-check`: the main job at the paper's sizes on real photos, in a temporary copy.
 # All create .venv on first use; later runs reuse it (the stamp is redone when pyproject.toml changes).
 PYTHON ?= python3
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro studies paper-check test test-slow java browser clean-venv
+.PHONY: repro studies paper-check test test-slow test-clusters cluster-engines java browser clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,11 +52,25 @@ paper-check: $(STAMP) java
 	$(BIN)/python -m pipeline.paper_check
 
 test: $(STAMP) java browser
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not cluster"
 
 # the tests marked slow (minutes each): CI runs them after `make test`
 test-slow: $(STAMP) java browser
 	$(BIN)/python -m pytest -q -m slow
+
+# the feature stages and training on real engines: a one-node SLURM cluster and a 2-node Ray
+# cluster that the tests start here (docs/clusters.md); SLURM comes from Debian (cluster-engines)
+test-clusters: $(STAMP) cluster-engines
+	$(BIN)/python -m pytest -q -m cluster
+
+cluster-engines:
+	@command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "SLURM not found: installing slurm-wlm and munge (the cluster tests start a one-node cluster)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; \
+	  else \
+	    echo "SLURM not found: the SLURM tests will be skipped (Debian: sudo apt-get install slurm-wlm munge)"; \
+	  fi; }
 
 clean-venv:
 	rm -rf $(VENV)

@@ -13,7 +13,7 @@ from features.errors import StoreError
 from features.store import shard_slices
 from pipeline import extract
 from pipeline.app import load_manifest, start, stopping_on_signals
-from pipeline.executors import make_engine
+from pipeline.executors.engines import make_engine
 from pipeline.executors.config import ExecutorConfig, load_executor
 from pipeline.executors.run import ShardRun
 from pipeline.executors.worker import run_worker

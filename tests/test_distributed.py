@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.clusters import slurm_cluster
@@ -41,6 +42,7 @@ def test_two_processes_match_one(tiny_language, tmp_path):
     assert not (tmp_path / "two/ckpt.pt").exists() and (tmp_path / "two/model/config.json").exists()
 
 
+@pytest.mark.cluster
 def test_the_slurm_template_trains_two_tasks_like_one_process(tiny_language, tmp_path):
     """slurm/train.sbatch as a user submits it (two tasks, one GPU each), its command replaced by
     the small training script: SLURM starts the ranks, the template tells each its place."""

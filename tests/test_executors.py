@@ -3,6 +3,7 @@ Ray actor pool on a two-node cluster started here. Shards made by an engine's wo
 byte-identical to the stage's own loop; a worker stopped mid-stage leaves a store that the next
 rounds complete, or one line naming the shards still missing."""
 import json
+import re
 import os
 import subprocess
 import threading
@@ -92,6 +93,7 @@ def _workers(project: Path, kind: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in (project / ".graphcap/runs" / f"{kind}-0/workers").glob("*.json")]
 
 
+@pytest.mark.cluster
 def test_a_slurm_job_array_writes_the_same_shards_each_task_on_its_own_gpu(features_made_here, tmp_path):
     project, local = features_made_here
     with slurm_cluster(tmp_path / "slurm") as env:
@@ -103,6 +105,7 @@ def test_a_slurm_job_array_writes_the_same_shards_each_task_on_its_own_gpu(featu
     assert sorted(i for w in workers for i in w["done"]) == [0, 1, 2]  # each shard by one task
 
 
+@pytest.mark.cluster
 def test_a_cancelled_slurm_task_is_retried_and_the_store_completes(features_made_here, tmp_path):
     project, local = features_made_here
     with slurm_cluster(tmp_path / "slurm") as env:
@@ -129,6 +132,7 @@ def _cancel_a_task_once_working(project: Path, env: dict[str, str]) -> None:
     subprocess.run(["scancel", job], env=env, check=True)
 
 
+@pytest.mark.cluster
 def test_a_ray_actor_pool_on_two_nodes_writes_the_same_shards(features_made_here):
     project, local = features_made_here
     with ray_cluster() as env:
@@ -142,6 +146,7 @@ def test_a_ray_actor_pool_on_two_nodes_writes_the_same_shards(features_made_here
     assert all(w["cuda_visible_devices"] == "0" for w in workers)
 
 
+@pytest.mark.cluster
 def test_stopping_a_ray_node_mid_stage_still_completes_the_store(features_made_here):
     project, local = features_made_here
     with ray_cluster() as env:
@@ -170,6 +175,7 @@ def _stop_ray_node(project: Path, node_manager_port: int) -> None:
         process.kill()
 
 
+@pytest.mark.cluster
 def test_a_missing_engine_is_one_line_naming_it(features_made_here):
     project, _ = features_made_here
     env = {**os.environ, "PATH": "/nonexistent", "GRAPHCAP_EXECUTOR": ""}
@@ -178,3 +184,43 @@ def test_a_missing_engine_is_one_line_naming_it(features_made_here):
     assert done.stderr.strip().splitlines()[-1].endswith("sbatch, squeue, scancel not found on PATH "
                                                          "(run the stage on a SLURM login node, or set engine: local)")
     assert StoreError  # the error's type, named in that line
+
+
+FEATURE_STAGES = ("clip_image", "regions", "knn", "region_keywords", "optional@region_clip")
+
+
+@pytest.fixture(scope="module")
+def repro_here(tmp_path_factory) -> tuple[Path, dict[str, bytes], str]:
+    """The tiny e2e project after a local `dvc repro` of the feature stages: shards and dvc.lock."""
+    from tests.test_e2e import _make_project
+
+    project = _make_project(tmp_path_factory.mktemp("dvc-engines"))
+    _repro(project, dict(os.environ), *FEATURE_STAGES)
+    return project, _shards(project), (project / "dvc.lock").read_text()
+
+
+def _repro(project: Path, env: dict[str, str], *targets: str) -> set[str]:
+    dvc = Path(os.sys.executable).with_name("dvc")
+    done = subprocess.run([str(dvc), "repro", *targets], cwd=project, capture_output=True, text=True, timeout=1200,
+                          env={**env, "PATH": f"{dvc.parent}:{env['PATH']}"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return set(re.findall(r"Running stage '([\w@/.:-]+)'", done.stdout))
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("engine", ["slurm", "ray"])
+def test_dvc_repro_on_an_engine_matches_the_local_run_and_switching_reruns_nothing(repro_here, engine, tmp_path):
+    project, local, lock = repro_here
+    executor = tmp_path / "executor.yaml"  # outside the project, named by the environment
+    executor.write_text(yaml.safe_dump({"engine": "slurm", "slurm": {"tasks": 2}} if engine == "slurm" else
+                                       {"engine": "ray", "ray": {"actors": 2, "cpus_per_actor": os.cpu_count()}}))
+    with (slurm_cluster(tmp_path / "slurm") if engine == "slurm" else ray_cluster()) as env:
+        env = {**env, "GRAPHCAP_EXECUTOR": str(executor)}
+        assert _repro(project, env, *FEATURE_STAGES) == set()  # the engine is no dependency
+        for kind in KINDS:
+            for shard in (project / "data/features" / kind).glob("*.h5"):
+                shard.unlink()
+        assert _repro(project, env, *FEATURE_STAGES) == set(FEATURE_STAGES)
+        assert len(list((project / ".graphcap/runs/regions-0/workers").glob("*.json"))) == 2  # both workers
+    assert _shards(project) == local
+    assert (project / "dvc.lock").read_text() == lock

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,18 @@ class ShardWorker:
         self.report: dict[str, Any] = {
             "host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "slurm_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "ray_node": _ray_node(), "done": [], "failed": {}}
+            "slurm_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "ray_node": _ray_node(), "started": time.time(),
+            "done": [], "seconds": {}, "failed": {}}
 
     def write(self, run: ShardRun, index: int) -> bool:
         """Write shard ``index`` unless it is already current; its outcome goes into this worker's
         report in the run folder. A failure is recorded, not raised: the stage names it."""
+        start = time.perf_counter()
         try:
             if index in missing_shards(self.params, self.manifest, self.kind, self.provenance, only=[index]):
                 write_one_shard(self.params, self.manifest, self.kind, self.provenance, self.compute, index)
             self.report["done"].append(index)
+            self.report["seconds"][str(index)] = round(time.perf_counter() - start, 3)
         except Exception as err:  # noqa: BLE001 - any failure of this shard is its reason, logged in full
             log.exception("%s shard %d failed", self.kind, index)
             self.report["failed"][str(index)] = one_line(err)
@@ -51,9 +55,6 @@ class ShardWorker:
         """Take and write shards of the run until none is left unclaimed."""
         run.save_report(self.report)  # where it runs, even before its first shard is done
         return all([self.write(run, index) for index in run.shards if run.claim(index)])
-
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in self.report.items() if k not in ("done", "failed")}
 
 
 def _ray_node() -> str | None:
