@@ -5,9 +5,10 @@ overhead per shard.
 
     python benchmarks/engines.py [--images 96] [--shard-size 16]
 
-Overhead per shard = (stage wall time × workers − the seconds workers spent writing shards) /
-shards: worker start-up, model loading, scheduling, polling and the stage's final check of every
-shard, spread over the shards. Every shard an engine writes is compared with the local one.
+An engine's overhead is printed in three parts: start-up (submission or actor creation, the
+worker's Python and model loading: once per round), the stage's final check of every shard
+(once per round), and the per-shard cost between shards (claiming or dispatching, the report).
+Every shard an engine writes is compared with the local one.
 """
 from __future__ import annotations
 
@@ -33,16 +34,25 @@ KINDS = ("clip_image", "regions", "knn", "region_keywords", "region_clip")
 WORKERS = 2
 
 
-def run_kind(project: Path, kind: str, env: dict[str, str]) -> tuple[float, float, int]:
-    """(wall seconds, worker seconds inside shards, workers) of one stage with its shards removed."""
+def run_kind(project: Path, kind: str, env: dict[str, str]) -> dict[str, float]:
+    """One stage with its shards removed: its wall time, and from the workers' reports the
+    seconds before the first worker was ready (start-up: submission, Python, model loading), the
+    seconds after the last shard (the stage's check of every shard), and the worker-seconds
+    between a worker's first and last shard not spent writing shards."""
     for shard in (project / "data/features" / kind).glob("*.h5"):
         shard.unlink()
-    start = time.perf_counter()
+    start = time.time()
     subprocess.run([sys.executable, "-m", f"pipeline.stages.{kind}"], cwd=project, env=env, check=True,
                    capture_output=True)
-    wall = time.perf_counter() - start
+    end = time.time()
     reports = [json.loads(p.read_text()) for p in (project / f".graphcap/runs/{kind}-0/workers").glob("*.json")]
-    return wall, sum(s for r in reports for s in r["seconds"].values()), len(reports)
+    reports = [r for r in reports if r["done"]]
+    if not reports:
+        return {"wall": end - start}
+    writing = sum(s for r in reports for s in r["seconds"].values())
+    return {"wall": end - start, "startup": min(r["started"] for r in reports) - start,
+            "check": end - max(r["last"] for r in reports),
+            "between": sum(r["last"] - r["started"] for r in reports) - writing}
 
 
 def run_engine(project: Path, engine: str, cluster, executor: dict) -> dict[str, tuple[float, float, int]]:
@@ -80,13 +90,16 @@ def main() -> None:
                 made[name] = shard_bytes(project)
     print(f"{n_images} images, {n_shards} shards of {args.shard_size}, {WORKERS} workers per engine, "
           f"{os.cpu_count()} CPU cores")
-    print(f"{'stage':16} {'local s':>8} {'slurm s':>8} {'ray s':>8}   overhead/shard: {'slurm s':>8} {'ray s':>8}")
+    print("wall s: the stage from start to end; start-up s: until its first worker was ready; check s: after the last "
+          "shard; per shard s: worker time between shards not spent writing them, per shard")
+    print(f"{'stage':16} {'local':>6} | {'slurm: wall':>11} {'start-up':>8} {'check':>6} {'per shard':>9} | "
+          f"{'ray: wall':>9} {'start-up':>8} {'check':>6} {'per shard':>9}")
     for kind in KINDS:
-        walls = [results[e][kind][0] for e in ("local", "slurm", "ray")]
-        overheads = [(results[e][kind][0] * results[e][kind][2] - results[e][kind][1]) / n_shards
-                     for e in ("slurm", "ray")]
-        print(f"{kind:16} {walls[0]:8.1f} {walls[1]:8.1f} {walls[2]:8.1f}   {'':15} {overheads[0]:8.2f} "
-              f"{overheads[1]:8.2f}")
+        cells = [f"{results['local'][kind]['wall']:6.1f}"]
+        for engine in ("slurm", "ray"):
+            r = results[engine][kind]
+            cells.append(f"{r['wall']:11.1f} {r['startup']:8.1f} {r['check']:6.1f} {r['between'] / n_shards:9.3f}")
+        print(f"{kind:16} " + " | ".join(cells))
     for name in ("slurm", "ray"):
         print(f"{name}: shards byte-identical to local: {made[name] == made['local']}")
 

@@ -33,7 +33,7 @@ class ShardWorker:
         self.report: dict[str, Any] = {
             "host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "slurm_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "ray_node": _ray_node(), "started": time.time(),
+            "slurm_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "ray_node": _ray_node(), "started": time.time(), "last": None,
             "done": [], "seconds": {}, "failed": {}}
 
     def write(self, run: ShardRun, index: int) -> bool:
@@ -48,6 +48,7 @@ class ShardWorker:
         except Exception as err:  # noqa: BLE001 - any failure of this shard is its reason, logged in full
             log.exception("%s shard %d failed", self.kind, index)
             self.report["failed"][str(index)] = one_line(err)
+        self.report["last"] = time.time()
         run.save_report(self.report)
         return str(index) not in self.report["failed"]
 
