@@ -44,9 +44,8 @@ DISK_NEEDED = 8 * 2**30
 
 def find_real_sample() -> Path | None:
     """The shared folder of 48 real photos (never copied into the project): where
-    GRAPHCAP_REAL_SAMPLE points, else beside the checkout, else under /work/shared."""
-    candidates = [os.environ.get("GRAPHCAP_REAL_SAMPLE", ""), ROOT.parent / "shared/data/real_sample",
-                  "/work/shared/data/real_sample"]
+    GRAPHCAP_REAL_SAMPLE points, else ../shared beside the checkout (no machine's absolute path)."""
+    candidates = [os.environ.get("GRAPHCAP_REAL_SAMPLE", ""), ROOT.parent / "shared/data/real_sample"]
     return next((Path(c) for c in candidates if c and (Path(c) / "dataset.json").is_file()), None)
 
 
