@@ -51,12 +51,14 @@ studies: $(STAMP) java
 paper-check: $(STAMP) java
 	$(BIN)/python -m pipeline.paper_check
 
+# two processes, each test file on one of them (a file's module fixtures are built once): the e2e
+# file's `dvc repro` runs wait on subprocesses much of the time, which the other process uses
 test: $(STAMP) java browser
-	$(BIN)/python -m pytest -q -m "not slow and not cluster"
+	$(BIN)/python -m pytest -q -m "not slow and not cluster" -n 2 --dist loadfile
 
 # the tests marked slow (minutes each): CI runs them after `make test`
 test-slow: $(STAMP) java browser
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n 2 --dist loadfile
 
 # the feature stages and training on real engines: a one-node SLURM cluster and a 2-node Ray
 # cluster that the tests start here (docs/clusters.md); SLURM comes from Debian (cluster-engines)

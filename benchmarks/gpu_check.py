@@ -22,6 +22,7 @@ Without CUDA it says so and exits 0, unless --device cpu asks for the CPU.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -197,7 +198,9 @@ def training_rows(params: Params, regions: dict, device: torch.device, steps: in
                             params.store.max_open_shards // 2)
     fed = DataLoader(pairs, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                      collate_fn=partial(collate, pad_id=model.tokenizer.pad_token_id))
-    in_memory = list(fed)  # also starts the workers, which stay: steady state, as in a long epoch
+    # also starts the workers, which stay: steady state, as in a long epoch; whole captions make
+    # more batches than ``steps`` (a dry run's 2 images: 5), and each row times ``steps`` of them
+    in_memory = list(fed)[:steps]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     peak, rows = PeakMemory(device), []
     for precision in ("fp32", "bf16"):
@@ -213,11 +216,25 @@ def training_rows(params: Params, regions: dict, device: torch.device, steps: in
         rows.append((f"train step {precision}, batch {cfg.batch_size}", f"{t_step:.3f} s, peak {peak.mb():,.0f} MB",
                      f"{gflop(lambda: run(in_memory[:1])):,.0f} GFLOP/step; "
                      f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters"))
-    t_fed = seconds(device, lambda: run(fed)) / len(fed)
+    first = FirstBatches(fed, steps)
+    t_fed = seconds(device, lambda: run(first)) / len(first)
     rows.append(("loader share of a step", f"{max(0.0, 1 - t_step / t_fed):.1%}",
                  f"bf16 step fed by HDF5 ({cfg.num_workers} workers) {t_fed:.3f} s, in memory {t_step:.3f} s"))
     features.close()
     return rows
+
+
+class FirstBatches:
+    """The first ``n`` batches of a loader, with their count (the trainer divides by it)."""
+
+    def __init__(self, loader: DataLoader, n: int):
+        self.loader, self.n = loader, min(n, len(loader))
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+    def __len__(self) -> int:
+        return self.n
 
 
 class PeakMemory:
