@@ -56,9 +56,11 @@ paper-check: $(STAMP) java
 test: $(STAMP) java browser
 	$(BIN)/python -m pytest -q -m "not slow and not cluster" -n 2 --dist loadfile
 
-# the tests marked slow (minutes each): CI runs them after `make test`
+# the tests marked slow (minutes each): CI runs them after `make test`. One process: the e2e test
+# that kills `dvc repro` in every stage failed beside the gpu_check dry run (the resumed model
+# differed: an open problem, docs/testing.md) and passes alone
 test-slow: $(STAMP) java browser
-	$(BIN)/python -m pytest -q -m slow -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m slow
 
 # the feature stages and training on real engines: a one-node SLURM cluster and a 2-node Ray
 # cluster that the tests start here (docs/clusters.md); SLURM comes from Debian (cluster-engines)
