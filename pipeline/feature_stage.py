@@ -49,17 +49,18 @@ def distribute(params: Params, manifest: dict, kind: str, executor: ExecutorConf
     engine, provenance = make_engine(executor), expected(params)[kind]
     store, n_shards = Path(params.store.dir), len(shard_slices(len(manifest["images"]), params.store.shard_size))
     failures: dict[int, str] = {}
+    missing = missing_shards(params, manifest, kind, provenance)
     for round_ in range(1 + executor.retries):
-        todo = missing_shards(params, manifest, kind, provenance)
-        if not todo:
+        if not missing:
             break
-        log.info("%s: round %d, %d of %d shards to the %s engine", kind, round_ + 1, len(todo), n_shards, engine.name)
-        run = ShardRun.create(kind, todo, round_)
+        log.info("%s: round %d, %d of %d shards to the %s engine", kind, round_ + 1, len(missing), n_shards,
+                 engine.name)
+        run = ShardRun.create(kind, missing, round_)
         engine.run(run)
         failures.update(run.failures())
+        missing = missing_shards(params, manifest, kind, provenance)  # each shard read in full, once a round
     for partial in sorted((store / kind).glob("*.tmp")):  # every worker has ended: what killed ones left
         partial.unlink(missing_ok=True)
-    missing = missing_shards(params, manifest, kind, provenance)
     if missing:
         raise StoreError(f"{kind}: {len(missing)} of {n_shards} shards still missing after {1 + executor.retries} "
                          f"rounds on {engine.name}: " + "; ".join(

@@ -107,7 +107,7 @@ def slurm_cluster(root: Path) -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def ray_cluster(cpus_per_node: int = 2) -> Iterator[dict[str, str]]:
+def ray_cluster(cpus_per_node: int | None = None) -> Iterator[dict[str, str]]:
     """A head node and a second node, each declaring one GPU; yields the environment that points
     drivers at it (RAY_ADDRESS) and, under "RAY_WORKER_NODE_PORT", the second node's node-manager
     port, by which a test finds the node to stop."""
@@ -116,7 +116,7 @@ def ray_cluster(cpus_per_node: int = 2) -> Iterator[dict[str, str]]:
         pytest.skip(f"Ray is not installed next to {sys.executable} (pip install ray)")
     port, worker_port = _free_port(), _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--num-gpus=1",
+    common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node or os.cpu_count()}", "--num-gpus=1",
               "--object-store-memory=100000000", "--disable-usage-stats"]  # features never go through it
     try:
         subprocess.run([str(ray), "start", "--head", f"--port={port}", "--include-dashboard=false", *common],

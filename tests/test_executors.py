@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def _shards(project: Path) -> dict[str, bytes]:
 
 def _stage(project: Path, kind: str, env: dict[str, str], executor: dict) -> subprocess.CompletedProcess:
     (project / "executor.yaml").write_text(yaml.safe_dump(executor))
-    return subprocess.run([os.sys.executable, "-m", f"pipeline.stages.{kind}"], cwd=project, env=env,
+    return subprocess.run([sys.executable, "-m", f"pipeline.stages.{kind}"], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -85,30 +86,34 @@ def _workers(project: Path, kind: str) -> list[dict]:
 
 
 @pytest.mark.cluster
-def test_a_cancelled_slurm_task_is_retried_and_the_store_completes(features_made_here, tmp_path):
+def test_a_slurm_array_cancelled_mid_stage_is_retried_and_the_store_completes(features_made_here, tmp_path):
     project, local = features_made_here
     with slurm_cluster(tmp_path / "slurm") as env:
         for shard in (project / "data/features/regions").glob("*.h5"):
             shard.unlink()
         (project / "executor.yaml").write_text(yaml.safe_dump({"engine": "slurm", "slurm": {"tasks": 2}}))
-        stage = subprocess.Popen([os.sys.executable, "-m", "pipeline.stages.regions"], cwd=project, env=env,
+        stage = subprocess.Popen([sys.executable, "-m", "pipeline.stages.regions"], cwd=project, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _cancel_a_task_once_working(project, env)
+        _cancel_the_array_once_working(project, env)
         output = stage.communicate(timeout=600)[0]
     assert stage.returncode == 0, output[-3000:]
-    assert "round 2" in output  # the cancelled task's shard went to a second round
+    assert "round 2" in output  # the cancelled shards went to a second round
     assert _shards(project) == local
 
 
-def _cancel_a_task_once_working(project: Path, env: dict[str, str]) -> None:
-    claims = project / ".graphcap/runs/regions-0/claims"
-    deadline = time.monotonic() + 300
+def _cancel_the_array_once_working(project: Path, env: dict[str, str]) -> None:
+    """Cancel the whole array the moment its first shard is claimed: that shard is being computed,
+    not yet written (the job id is looked up before, so no squeue call delays the cancel)."""
+    claims, deadline = project / ".graphcap/runs/regions-0/claims", time.monotonic() + 300
+    job = ""
+    while not job:
+        assert time.monotonic() < deadline, "no SLURM array was submitted"
+        job = subprocess.run(["squeue", "--noheader", "--format=%F"], env=env, capture_output=True,
+                             text=True).stdout.strip()
     while not (claims.exists() and any(claims.iterdir())):
         assert time.monotonic() < deadline, "no SLURM task took a shard"
-        time.sleep(0.2)
-    job = subprocess.run(["squeue", "--noheader", "--array", "--format=%i"], env=env, capture_output=True,
-                         text=True).stdout.split()[0]
-    subprocess.run(["scancel", job], env=env, check=True)
+        time.sleep(0.02)
+    subprocess.run(["scancel", job.split()[0]], env=env, check=True)
 
 
 @pytest.mark.cluster
@@ -118,7 +123,7 @@ def test_stopping_a_ray_node_mid_stage_still_completes_the_store(features_made_h
         for shard in (project / "data/features/regions").glob("*.h5"):
             shard.unlink()
         (project / "executor.yaml").write_text(yaml.safe_dump({"engine": "ray", "ray": {"actors": 2}}))
-        stage = subprocess.Popen([os.sys.executable, "-m", "pipeline.stages.regions"], cwd=project, env=env,
+        stage = subprocess.Popen([sys.executable, "-m", "pipeline.stages.regions"], cwd=project, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         _stop_ray_node(project, int(env["RAY_WORKER_NODE_PORT"]))
         output = stage.communicate(timeout=600)[0]
@@ -163,7 +168,7 @@ def repro_here(tmp_path_factory) -> tuple[Path, dict[str, bytes], str]:
 
 
 def _repro(project: Path, env: dict[str, str], *targets: str) -> set[str]:
-    dvc = Path(os.sys.executable).with_name("dvc")
+    dvc = Path(sys.executable).with_name("dvc")
     done = subprocess.run([str(dvc), "repro", *targets], cwd=project, capture_output=True, text=True, timeout=1200,
                           env={**env, "PATH": f"{dvc.parent}:{env['PATH']}"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -33,8 +33,8 @@ class ShardWorker:
         self.report: dict[str, Any] = {
             "host": socket.gethostname(), "pid": os.getpid(), "device": str(device),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "slurm_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "ray_node": _ray_node(), "started": time.time(), "last": None,
-            "done": [], "seconds": {}, "failed": {}}
+            "slurm_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "ray_node": _ray_node(),
+            "started": time.time(), "last": None, "done": [], "seconds": {}, "failed": {}}
 
     def write(self, run: ShardRun, index: int) -> bool:
         """Write shard ``index`` unless it is already current; its outcome goes into this worker's
