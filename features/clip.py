@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from features.config import ClipConfig
 from features.images import ImageError, image_batches, load_rgb, original_size
+from features.precision import autocast, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Clip:
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
     device: torch.device
     model_name: str
+    precision: str = "fp32"  # what the encoders run at (features/precision.py)
 
     @property
     def dim(self) -> int:
@@ -74,8 +76,10 @@ def _register_config(cfg: ClipConfig) -> None:
             raise ValueError(f"clip.model is {cfg.model!r} but clip.config_file registers {path.stem!r}")
 
 
-def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
-    """CLIP as ``cfg`` names it, built with the activation its weights were trained with."""
+def load_clip(cfg: ClipConfig, device: torch.device, precision: str = "fp32") -> Clip:
+    """CLIP as ``cfg`` names it, built with the activation its weights were trained with; its
+    encoders run at ``precision`` (fp32 | bf16 | fp16, :mod:`features.precision`)."""
+    check_precision(precision, device)
     quick_gelu = clip_activation(cfg) == "quick_gelu"
     model, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=cfg.pretrained or None,
                                                                  force_quick_gelu=quick_gelu)
@@ -84,7 +88,7 @@ def load_clip(cfg: ClipConfig, device: torch.device) -> Clip:
         tokenizer = open_clip.tokenizer.HFTokenizer(cfg.tokenizer, context_length=context_length)
     else:
         tokenizer = open_clip.get_tokenizer(cfg.model)
-    return Clip(model.eval().to(device), preprocess, tokenizer, device, cfg.model)
+    return Clip(model.eval().to(device), preprocess, tokenizer, device, cfg.model, precision)
 
 
 class LastBlocksInput:
@@ -176,7 +180,8 @@ def encode_images(clip: Clip, paths: Sequence[Path], batch_size: int, num_worker
             if good:
                 rows = [d.index for d in good]
                 images = torch.stack([d.image for d in good]).to(clip.device)
-                out["embeddings"][rows] = clip.model.encode_image(images).float().cpu().numpy()
+                with autocast(clip.precision, clip.device):
+                    out["embeddings"][rows] = clip.model.encode_image(images).float().cpu().numpy()
                 if capture is not None:
                     if "tokens" not in out:
                         out["tokens"] = np.full((len(paths), *capture.tokens.shape[1:]), np.nan, np.float32)
@@ -195,7 +200,8 @@ def encode_texts(clip: Clip, texts: Sequence[str], batch_size: int) -> np.ndarra
     out = np.zeros((len(texts), clip.dim), np.float32)
     for start in range(0, len(texts), batch_size):
         tokens = clip.tokenizer(list(texts[start:start + batch_size])).to(clip.device)
-        out[start:start + len(tokens)] = clip.model.encode_text(tokens).float().cpu().numpy()
+        with autocast(clip.precision, clip.device):
+            out[start:start + len(tokens)] = clip.model.encode_text(tokens).float().cpu().numpy()
     return out
 
 
@@ -236,5 +242,6 @@ def encode_region_crops(clip: Clip, paths: Sequence[Path], boxes: np.ndarray, co
         if crops is None:
             errors[i] = error
         elif len(crops):
-            out[i, : len(crops)] = clip.model.encode_image(crops.to(clip.device)).float().cpu().numpy()
+            with autocast(clip.precision, clip.device):
+                out[i, : len(crops)] = clip.model.encode_image(crops.to(clip.device)).float().cpu().numpy()
     return out, errors

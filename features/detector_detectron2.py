@@ -22,6 +22,7 @@ from torch import nn
 
 from features.config import DetectorConfig
 from features.detection import Regions, load_class_names, detect_by_shape, select_regions
+from features.precision import run_parts_at
 from features.weights import load_state_dict
 
 
@@ -57,8 +58,9 @@ def build_detectron2(cfg: DetectorConfig, num_classes: int, device: torch.device
     return build_model(build_config(cfg, num_classes, device))
 
 
-def load(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """The backend contract's ``load``."""
+def load(cfg: DetectorConfig, device: torch.device, precision: str = "fp32") -> tuple[nn.Module, list[str]]:
+    """The backend contract's ``load``: the backbone, RPN head and box head (or C4's res5) at
+    ``precision``; the box predictor stays float32."""
     if cfg.feature != "box_head":
         raise ValueError("regions.feature: the detectron2 backend provides box_head features only")
     names = load_class_names(cfg.classes)
@@ -68,7 +70,8 @@ def load(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str
         raise ValueError(f"{path}: pickled detectron2 checkpoints are not loaded (they can run code); "
                          "convert it once to a state_dict (.pth or .safetensors)")
     model.load_state_dict(load_state_dict(path))
-    return model.eval(), names
+    heads = ["roi_heads.box_head"] if hasattr(model.roi_heads, "box_head") else ["roi_heads.res5"]
+    return run_parts_at(model.eval(), ["backbone", "proposal_generator.rpn_head", *heads], precision, device), names
 
 
 def detect(model: nn.Module, images: list[torch.Tensor], cfg: DetectorConfig) -> list[Regions]:

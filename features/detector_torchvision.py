@@ -28,6 +28,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from features.config import DetectorConfig
 from features.detection import Regions, load_class_names, detect_by_shape, select_regions
+from features.precision import run_parts_at
 from features.weights import load_state_dict
 
 
@@ -93,12 +94,14 @@ ARCHITECTURES: dict[str, Callable[[DetectorConfig, int], FasterRCNN]] = {
 }
 
 
-def load(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """The backend contract's ``load``: the configured architecture with its weights."""
+def load(cfg: DetectorConfig, device: torch.device, precision: str = "fp32") -> tuple[nn.Module, list[str]]:
+    """The backend contract's ``load``: the configured architecture with its weights, the
+    networks at ``precision``; the box predictor (class scores and box deltas) stays float32."""
     names = load_class_names(cfg.classes)
     model = build_detector(cfg, len(names))
     model.load_state_dict(load_state_dict(Path(cfg.weights)))
-    return model.eval().to(device), names
+    backbone = ["backbone.body", "backbone.fpn"] if hasattr(model.backbone, "fpn") else ["backbone"]  # body: C5 is read too
+    return run_parts_at(model.eval().to(device), [*backbone, "rpn.head", "roi_heads.box_head"], precision, device), names
 
 
 def build_detector(cfg: DetectorConfig, num_classes: int) -> FasterRCNN:

@@ -3,8 +3,10 @@
 :data:`BACKENDS` maps a name to the module implementing it, imported when first used (so an
 uninstalled detectron2 costs nothing). Contract of a backend module:
 
-- ``load(cfg, device) -> (model, class names)``: the detector built as ``cfg`` says, with the
-  weights of the local file ``cfg.weights``, in eval mode on ``device``;
+- ``load(cfg, device, precision) -> (model, class names)``: the detector built as ``cfg`` says,
+  with the weights of the local file ``cfg.weights``, in eval mode on ``device``, its networks
+  (backbone, RPN head, box head) run at ``precision`` (:mod:`features.precision`) and everything
+  that decides boxes and scores (box predictor, decoding, NMS) in float32;
 - ``detect(model, images, cfg) -> list[Regions]``: for each image ((3, H, W) RGB floats in
   [0, 1]) its kept detections (:func:`features.detection.select_regions`), best first, with boxes
   in the image's pixels and, as ``features``, the RoI features of those final boxes; an image
@@ -21,6 +23,7 @@ from torch import nn
 
 from features.config import DetectorConfig
 from features.detection import Regions
+from features.precision import check_precision
 
 BACKENDS = {"torchvision": "features.detector_torchvision", "detectron2": "features.detector_detectron2"}
 
@@ -32,11 +35,13 @@ def backend(name: str) -> ModuleType:
     return importlib.import_module(BACKENDS[name])
 
 
-def load_detector(cfg: DetectorConfig, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """The configured backend's detector with its weights loaded from the local file."""
+def load_detector(cfg: DetectorConfig, device: torch.device, precision: str = "fp32") -> tuple[nn.Module, list[str]]:
+    """The configured backend's detector with its weights loaded from the local file, its
+    networks run at ``precision`` (fp32 | bf16 | fp16)."""
     if not cfg.weights:
         raise ValueError("regions.weights: a local detector state_dict file is required")
-    return backend(cfg.backend).load(cfg, device)
+    check_precision(precision, device)
+    return backend(cfg.backend).load(cfg, device, precision)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ import torch
 import transformers
 
 from features.images import file_problem
+from features.precision import PRECISIONS, autocast
 from features.store import check_provenance
 from pipeline.app import project_of, remove_on_stop, run_command, start, stopping_on_signals
 from pipeline.extract import IMAGE_FEATURES
@@ -77,13 +78,18 @@ class NewImages:
     captioning files through a scratch store of real shards: `caption` makes one and calls it
     once, the demo server keeps one for every upload. One call at a time: the store is shared."""
 
-    def __init__(self, model_dir: Path, params: Params, device: torch.device | str):
+    def __init__(self, model_dir: Path, params: Params, device: torch.device | str, any_precision: bool = False):
+        """``any_precision``: the extractors may run at another ``store.precision`` than the
+        model's features were made at (``caption --precision``); every other setting must match."""
         self.model, self.config = load_captioner(model_dir)
         self.model.to(device)
         self.params, self.device, self.records = params, device, expected(params)
         wanted = set(stored_kinds(params)) | ({"region_clip"} if self.model.cfg.reads_region_clip else set())
         for kind in set(IMAGE_FEATURES) & wanted:  # the extractors configured now must be those it was trained on
-            check_provenance(model_dir / "config.json", self.config["features"][kind], self.records[kind])
+            trained = self.config["features"][kind]
+            record = {**self.records[kind], "store.precision": trained.get("store.precision")} if any_precision \
+                else self.records[kind]
+            check_provenance(model_dir / "config.json", trained, record)
         self._tmp = tempfile.TemporaryDirectory(prefix="graphcap-caption-")
         self.store = Path(self._tmp.name)
         remove_on_stop(self.store)
@@ -133,7 +139,7 @@ class NewImages:
         """One record per path, in order: {"file", "caption", "regions" (how many were detected)}
         or {"file", "error"}."""
         cfg = self.params.evaluate
-        with self.features(paths) as (features, good, errors):
+        with self.features(paths) as (features, good, errors), autocast(self.params.store.precision, self.device):
             captions = caption_images(self.model, Images(features, good), cfg.decode, cfg.batch_size, self.device,
                                       self.rerank) if good else []
             counts = [int(n) for n in features.readers["regions"].rows(good, "counts")]
@@ -142,9 +148,10 @@ class NewImages:
                 for i, path in enumerate(paths)]
 
 
-def caption_files(paths: list[Path], model_dir: Path, params: Params, device: torch.device) -> list[dict[str, Any]]:
+def caption_files(paths: list[Path], model_dir: Path, params: Params, device: torch.device,
+                  any_precision: bool = False) -> list[dict[str, Any]]:
     """:meth:`NewImages.caption` of a model folder loaded for this call alone."""
-    with NewImages(model_dir, params, device) as images:
+    with NewImages(model_dir, params, device, any_precision) as images:
         return images.caption(paths)
 
 
@@ -179,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the parameters naming the extractors' weights (and decoding); their relative paths "
                              "are read from this file's folder, so the command runs from any folder")
     parser.add_argument("--decode", choices=METHODS, help="override evaluate.decode.method")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="override store.precision: the extractors and decoding run at it, whatever precision "
+                             "the model's features were made at (bf16 on CPU and CUDA, fp16 on CUDA)")
     parser.add_argument("--jsonl", action="store_true", help="JSON lines (errors included) instead of text")
     parser.add_argument("--verbose", action="store_true", help="the extractors' logs and progress bars on stderr")
     args = parser.parse_args(argv)
@@ -199,13 +209,15 @@ def _caption_and_print(args: argparse.Namespace) -> int:
         if args.decode:
             decode = dataclasses.replace(params.evaluate.decode, method=args.decode)
             params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, decode=decode))
+        if args.precision:
+            params = dataclasses.replace(params, store=dataclasses.replace(params.store, precision=args.precision))
         model = model or CAPTIONER.resolve()
         note = demo_world_note(model)
         if note:
             print(f"note: {note}", file=sys.stderr)
         results = [{"file": str(path), "error": why} for path, why in refused.items()]
         if paths:
-            captioned = caption_files(absolute, model, params, device_of(params.store.device))
+            captioned = caption_files(absolute, model, params, device_of(params.store.device), bool(args.precision))
             results += [{**record, "file": str(path)} for record, path in zip(captioned, paths)]
     for record in results:
         if args.jsonl:

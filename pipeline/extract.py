@@ -29,7 +29,7 @@ Manifest = dict[str, Any]
 
 
 def clip_image(params: Params, manifest: Manifest, device: torch.device) -> Compute:
-    clip = load_clip(params.clip, device)
+    clip = load_clip(params.clip, device, params.store.precision)
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         arrays, errors = encode_images(clip, image_paths(manifest, entries), params.clip.batch_size,
@@ -40,7 +40,7 @@ def clip_image(params: Params, manifest: Manifest, device: torch.device) -> Comp
 
 
 def regions(params: Params, manifest: Manifest, device: torch.device) -> Compute:
-    detector, _ = load_detector(params.regions, device)
+    detector, _ = load_detector(params.regions, device, params.store.precision)
     dim = region_dim(detector, params.regions)
     max_side = 2 * params.regions.max_size  # decode huge photos at reduced size; the detector shrinks them anyway
 
@@ -80,7 +80,7 @@ def region_keywords(params: Params, manifest: Manifest, device: torch.device) ->
     if cfg.local_source not in ("labels", "retrieval"):
         raise ValueError(f"keywords.local_source: unknown {cfg.local_source!r} (labels | retrieval)")
     if cfg.local_source == "retrieval":
-        clip = load_clip(params.clip, device)
+        clip = load_clip(params.clip, device, params.store.precision)
         _, bank = read_bank(keyword_banks(params.store.dir), "object", keyword_bank(params))
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
@@ -106,7 +106,7 @@ def region_keywords(params: Params, manifest: Manifest, device: torch.device) ->
 def region_clip(params: Params, manifest: Manifest, device: torch.device) -> Compute:
     """CLIP image embeddings of every stored region's crop (what the box head forgets, such as
     colour, CLIP keeps)."""
-    clip, record = load_clip(params.clip, device), expected(params)["regions"]
+    clip, record = load_clip(params.clip, device, params.store.precision), expected(params)["regions"]
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         upstream, errors = read_upstream(params, "regions", shard, record, entries, ("boxes", "counts"))

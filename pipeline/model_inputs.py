@@ -37,5 +37,5 @@ def split_indices(manifest: dict[str, Any], split: str, features: CachedFeatures
 def text_encoder(params: Params, device: torch.device) -> TextEncoder:
     """The pipeline's frozen CLIP text tower (CLIPScore, CLIP re-ranking, the SCST reward; the
     images' side is cached)."""
-    clip = load_clip(params.clip, device)
+    clip = load_clip(params.clip, device, params.store.precision)
     return lambda texts: encode_texts(clip, texts, params.clip.batch_size)

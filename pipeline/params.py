@@ -19,6 +19,7 @@ import yaml
 from eval.ablation import AblationConfig
 from eval.config import ReportConfig
 from features.config import ClipConfig, DetectorConfig, KeywordConfig, KnnConfig
+from features.precision import Precision
 from pipeline.datasets import SplitConfig, TextConfig
 from train.config import DecodeConfig, ModelConfig, TrainConfig
 from world.config import WorldConfig
@@ -43,6 +44,7 @@ class StoreConfig:
     shard_size: int = dataclasses.field(default=1000, metadata={"min": 1})
     num_workers: int = dataclasses.field(default=2, metadata={"min": 0})  # DataLoader workers decoding images
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Precision = "fp32"  # fp32 | bf16 (CPU and CUDA) | fp16 (CUDA): what the extractors' networks run at
     on_bad_image: Literal["skip", "fail"] = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
     max_open_shards: int = dataclasses.field(default=16, metadata={"min": 1})  # readers keep at most this many open per kind (LRU)
     # kinds extracted only when listed (dvc.yaml's `optional` stages): region_clip, a CLIP forward

@@ -12,7 +12,7 @@ from pipeline.params import Params
 
 def expected(p: Params) -> dict[str, dict[str, Any]]:
     """kind → provenance record. A downstream kind includes its upstream's record."""
-    regions = {**p.regions.identity(), "regions.code_version": detection.VERSION}
+    regions = {**p.regions.identity(), "store.precision": p.store.precision, "regions.code_version": detection.VERSION}
     records = {
         "clip_image": {**clip_identity(p), "clip.cache_tokens": p.clip.cache_tokens},
         "regions": regions,
@@ -42,5 +42,7 @@ def keyword_bank(p: Params) -> dict[str, Any]:
 
 def clip_identity(p: Params) -> dict[str, Any]:
     """What CLIP's embeddings depend on: the configuration's identity, the activation the network
-    was built with (features made with the wrong one are refused), and this code's version."""
-    return {**p.clip.identity(), "clip.activation": clip.clip_activation(p.clip), "clip.code_version": clip.VERSION}
+    was built with (features made with the wrong one are refused), the precision it ran at, and
+    this code's version."""
+    return {**p.clip.identity(), "clip.activation": clip.clip_activation(p.clip), "store.precision": p.store.precision,
+            "clip.code_version": clip.VERSION}

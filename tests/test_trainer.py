@@ -84,7 +84,7 @@ def test_checkpoint_of_another_configuration_is_ignored(tiny_language, tmp_path)
 def test_bf16_autocast_trains(tiny_language, tmp_path):
     model, best = _run(tiny_language, tmp_path, precision="bf16")
     assert best["epoch"] in (0, 1, 2) and all(torch.isfinite(p).all() for p in model.parameters())
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+    with pytest.raises(ValueError, match="train.precision: fp16 runs on CUDA only"):
         _run(tiny_language, tmp_path / "fp16", precision="fp16")
 
 

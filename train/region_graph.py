@@ -171,7 +171,7 @@ class SpatialContext(nn.Module):
         weights = self.class_weights(geometry[i], geometry[j])  # (P, R): j seen from i
         # explicit sizes: P is 0 when no image of the batch has two regions (a single photo often has one)
         messages = self.message(tokens[j]).view(len(j), self.classes, tokens.shape[-1]) * weights[..., None]  # (P, R, h)
-        context = torch.zeros(len(tokens), *messages.shape[1:], dtype=tokens.dtype, device=tokens.device)
+        context = torch.zeros(len(tokens), *messages.shape[1:], dtype=messages.dtype, device=tokens.device)  # autocast: may differ from tokens
         context.index_add_(0, i, messages)  # (V, R, h)
         return self.out(context.flatten(1))
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dvclive import Live
 from features.config import choices
+from features.precision import autocast
 from train.config import TrainConfig
 from train.data import collate
 from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
@@ -78,14 +79,8 @@ def load_checkpoint(path: Path, fingerprint: str, world_size: int = 1) -> dict |
 
 def mixed_precision(precision: str, device: torch.device):
     """(autocast context, gradient scaler) for ``train.precision``; the scaler only acts for fp16."""
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"train.precision: unknown {precision!r}; known: {sorted(dtypes)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision: fp16 needs a CUDA device (use bf16 on CPU)")
-    dtype = dtypes[precision]
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    context = autocast(precision, device, key="train.precision")
+    return context, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 SCST = 3  # the phase number of the SCST epochs (after phase 2)

@@ -18,7 +18,7 @@ def main() -> None:
     rank = Rank.from_args()
     params = start()
     manifest = load_manifest()
-    clip = load_clip(params.clip, device_of(params.store.device))
+    clip = load_clip(params.clip, device_of(params.store.device), params.store.precision)
     batch = params.clip.batch_size
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
