@@ -9,8 +9,9 @@ paper-check` builds them (open_clip ViT-B-32, torchvision R50-FPN at 800 px, GPT
 reached), on synthetic 640x480 JPEG photos and a synthetic HDF5 store of paper-size features.
 Rows:
 - clip_image, regions: the stage's own code (pipeline/extract.py: DataLoader decoding with
-  store.num_workers, batched forward) against the pure forward on pre-decoded batches already on
-  the device, in img/s; GFLOP per image by torch's FlopCounterMode;
+  store.num_workers, batched forward) at each store.precision (fp32, bf16, and fp16 on CUDA)
+  against the pure fp32 forward on pre-decoded batches already on the device, in img/s; GFLOP
+  per image by torch's FlopCounterMode;
 - knn: the graphs of those images' regions, FAISS (on the GPU when it has GPU support) against
   the batched torch path;
 - train_fp32, train_bf16: a training step at train.batch_size (the trainer's own step), seconds,
@@ -46,6 +47,7 @@ from features.clip import ClipTail, load_clip  # noqa: E402
 from features.detectors import detect_regions, load_detector  # noqa: E402
 from features.images import load_rgb  # noqa: E402
 from features.knn import knn_graphs  # noqa: E402
+from features.precision import native_bf16  # noqa: E402
 from features.store import shard_path, shard_slices, write_shard  # noqa: E402
 from pipeline import extract  # noqa: E402
 from pipeline.paper_check import build_weights  # noqa: E402
@@ -114,22 +116,34 @@ def extraction_rows(params: Params, manifest: dict, device: torch.device) -> tup
     with torch.no_grad():
         t_pure = seconds(device, lambda: [clip.model.encode_image(b) for b in batches])
         flops = gflop(lambda: clip.model.encode_image(batches[0])) / len(batches[0])
-    stage = extract.clip_image(params, manifest, device)
-    t_stage = seconds(device, lambda: stage(0, entries, lambda k: None))
-    rows.append(("clip_image stage / pure forward", f"{n / t_stage:,.1f} / {n / t_pure:,.1f} img/s = "
-                 f"{t_pure / t_stage:.0%}", f"{flops:.1f} GFLOP/img; store.num_workers {params.store.num_workers}"))
+    for precision in precisions(device):
+        stage = extract.clip_image(at_precision(params, precision), manifest, device)
+        t_stage = seconds(device, lambda: stage(0, entries, lambda k: None))
+        rows.append((f"clip_image {precision} stage / pure fp32", f"{n / t_stage:,.1f} / {n / t_pure:,.1f} img/s = "
+                     f"{t_pure / t_stage:.0%}", f"{flops:.1f} GFLOP/img; store.num_workers {params.store.num_workers}"))
     detector, _ = load_detector(params.regions, device)
     batch = params.regions.batch_size
     images = [to_tensor(load_rgb(p)).to(device) for p in paths]
     t_pure = seconds(device, lambda: [detect_regions(detector, images[s:s + batch], params.regions)
                                       for s in range(0, n, batch)])
     flops = gflop(lambda: detect_regions(detector, images[:1], params.regions))
-    stage = extract.regions(params, manifest, device)
     regions: dict = {}
-    t_stage = seconds(device, lambda: regions.update(stage(0, entries, lambda k: None)[0]))
-    rows.append(("regions stage / pure forward", f"{n / t_stage:,.2f} / {n / t_pure:,.2f} img/s = "
-                 f"{t_pure / t_stage:.0%}", f"{flops:.0f} GFLOP/img at {params.regions.min_size} px"))
-    return rows, regions
+    for precision in precisions(device):  # the fp32 run's regions feed the rows after
+        stage = extract.regions(at_precision(params, precision), manifest, device)
+        t_stage = seconds(device, lambda: regions.setdefault(precision, stage(0, entries, lambda k: None)[0]))
+        rows.append((f"regions {precision} stage / pure fp32", f"{n / t_stage:,.2f} / {n / t_pure:,.2f} img/s = "
+                     f"{t_pure / t_stage:.0%}", f"{flops:.0f} GFLOP/img at {params.regions.min_size} px"))
+    return rows, regions["fp32"]
+
+
+def precisions(device: torch.device) -> tuple[str, ...]:
+    """The store.precision modes measured here: fp16 on CUDA only, bf16 where it is native (an
+    emulated bf16 R50-FPN takes minutes a photo: benchmarks/precision.py measures that)."""
+    return ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16") if native_bf16(device) else ("fp32",)
+
+
+def at_precision(params: Params, precision: str) -> Params:
+    return replace(params, store=replace(params.store, precision=precision))
 
 
 def knn_row(params: Params, regions: dict, copies: int) -> Row:
@@ -184,8 +198,10 @@ def write_store(folder: Path, regions: dict, n_images: int, shard_size: int, k: 
     return ids
 
 
-def training_rows(params: Params, regions: dict, device: torch.device, steps: int, folder: Path) -> list[Row]:
-    """Training step in fp32 and bf16, then the loader's share of a step."""
+def paper_training(params: Params, regions: dict, device: torch.device, steps: int,
+                   folder: Path) -> tuple[Captioner, DataLoader, CachedFeatures]:
+    """The preset's captioner in phase 2 and the trainer's loader over a store of about ``steps``
+    batches of paper-size features in ``folder`` (close the features after)."""
     cfg = params.train
     model = paper_model(params, regions["features"].shape[-1], device)
     n_images = max(2, -(-cfg.batch_size * steps // len(CAPTIONS)))  # about ``steps`` batches of pairs
@@ -198,6 +214,13 @@ def training_rows(params: Params, regions: dict, device: torch.device, steps: in
                             params.store.max_open_shards // 2)
     fed = DataLoader(pairs, batch_sampler=sampler, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                      collate_fn=partial(collate, pad_id=model.tokenizer.pad_token_id))
+    return model, fed, features
+
+
+def training_rows(params: Params, regions: dict, device: torch.device, steps: int, folder: Path) -> list[Row]:
+    """Training step in fp32 and bf16, then the loader's share of a step."""
+    cfg = params.train
+    model, fed, features = paper_training(params, regions, device, steps, folder)
     # also starts the workers, which stay: steady state, as in a long epoch; whole captions make
     # more batches than ``steps`` (a dry run's 2 images: 5), and each row times ``steps`` of them
     in_memory = list(fed)[:steps]

@@ -99,6 +99,10 @@ def build_weights(folder: Path, captions: list[str]) -> dict[str, str]:
 
 
 def write_params(project: Path, weights: dict[str, str], data: Path) -> None:
+    import torch
+
+    from features.precision import native_bf16
+
     params = yaml.safe_load((ROOT / "presets/paper.yaml").read_text())
     params["clip"]["pretrained"] = weights["clip"]
     params["regions"]["weights"] = weights["detector"]
@@ -106,18 +110,11 @@ def write_params(project: Path, weights: dict[str, str], data: Path) -> None:
     params["data"].update(dataset=str(data.relative_to(project) / "dataset.json"),
                           image_root=str(data.relative_to(project) / "images"))  # filepath: a folder under images/
     params["train"].update(EPOCHS)
-    if params["train"]["precision"] == "bf16" and not _native_bf16():
-        # measured on an AVX2-only CPU: bf16 autocast is emulated there, ~7x slower than fp32 (a
-        # 3840x768 @ 768x3072 matmul: 1.50 s against 0.22 s), and training dominated this check's time
+    if params["train"]["precision"] == "bf16" and not native_bf16("cuda" if torch.cuda.is_available() else "cpu"):
+        # emulated bf16 (features.precision.native_bf16) trained ~7x slower than fp32 and dominated this check's time
         log.warning("paper-check: this CPU has no native bf16 (no AVX512-BF16/AMX) and no GPU: training in fp32")
         params["train"]["precision"] = "fp32"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _native_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def run_repro(project: Path, log_file: Path) -> dict[str, float]:
