@@ -1,4 +1,5 @@
-"""Data-set adapters: Karpathy split JSON (COCO, Flickr30k, Flickr8k, the demo world) → manifest.
+"""Data sets → manifest: Karpathy split JSON (COCO, Flickr30k, Flickr8k, the demo world), COCO's
+caption annotations and Flickr's token files (read by :mod:`pipeline.annotations`).
 
 The manifest is the single list every later stage indexes: one entry per image with a stable
 string id, its path relative to the image root, the md5 of the image file's bytes, its split and
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 from tqdm import tqdm
+
+from pipeline.annotations import DatasetError, load_karpathy_form
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,6 @@ def normalize_caption(text: str, cfg: TextConfig) -> str:
     return " ".join(text.split()).rstrip(". ").strip()
 
 
-class DatasetError(ValueError):
-    """A data-set file or entry that cannot be used; the message names it."""
-
-
 def scorable(caption: str) -> str:
     """A decoded caption as it is scored (evaluation and validation): without the number token (a
     number the model could not name; the raw references have none)."""
@@ -77,7 +76,10 @@ def _entry_id(entry: dict[str, Any], position: int, source: Path) -> str:
     raise DatasetError(f"{source}: image entry #{position} has neither 'cocoid' nor 'imgid'")
 
 
-def _split_of(entry: dict[str, Any], image_id: str, source: Path, cfg: TextConfig) -> str:
+def _split_of(entry: dict[str, Any], image_id: str, source: Path, cfg: TextConfig, has_splits: bool) -> str | None:
+    """The entry's split, or None where its file holds none (``data.split.rule`` assigns them)."""
+    if not has_splits:
+        return None
     split = entry.get("split")
     if split == "restval" and cfg.restval_to_train:
         return "train"
@@ -107,14 +109,10 @@ def _usable_captions(raw: list[str], image_id: str, source: Path, max_chars: int
     return kept
 
 
-def read_karpathy(source: Path, cfg: TextConfig, max_caption_chars: int = 1000) -> dict[str, Any]:
-    """Read a Karpathy split JSON into a manifest dict (without the image root)."""
-    try:
-        data = json.loads(Path(source).read_text())
-    except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON, nested too deep
-        raise DatasetError(f"{source}: cannot read Karpathy JSON ({type(err).__name__}: {err})") from err
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetError(f"{source}: expected an object with an 'images' list")
+def read_dataset(source: Path, cfg: TextConfig, max_caption_chars: int = 1000) -> dict[str, Any]:
+    """Read a caption file (Karpathy, COCO or Flickr: :mod:`pipeline.annotations`) into a
+    manifest dict (without the image root); entries of a file without splits have split None."""
+    data, has_splits = load_karpathy_form(Path(source))
     images, seen = [], set()
     for position, entry in enumerate(data["images"]):
         if not isinstance(entry, dict):
@@ -135,7 +133,7 @@ def read_karpathy(source: Path, cfg: TextConfig, max_caption_chars: int = 1000) 
         extra = {k: entry[k] for k in ("scene", "objects") if k in entry}
         images.append({
             "id": image_id, "path": str(_relative_path(entry, image_id, source)),
-            "split": _split_of(entry, image_id, source, cfg), "captions": captions, "raw": raw, "extra": extra,
+            "split": _split_of(entry, image_id, source, cfg, has_splits), "captions": captions, "raw": raw, "extra": extra,
         })
     return {"dataset": data.get("dataset", Path(source).stem), "images": images}
 
@@ -170,7 +168,7 @@ def file_md5(path: Path) -> str:
 
 def build_manifest(source: Path, image_root: Path, cfg: TextConfig, max_images: int = 0,
                    max_caption_chars: int = 1000, split: SplitConfig = SplitConfig()) -> dict[str, Any]:
-    manifest = read_karpathy(source, cfg, max_caption_chars)
+    manifest = read_dataset(source, cfg, max_caption_chars)
     if max_images:
         manifest["images"] = manifest["images"][:max_images]
     manifest["images"] = _present_images(manifest["images"], image_root, source)
@@ -188,6 +186,9 @@ def assign_splits(images: list[dict[str, Any]], cfg: SplitConfig, source: Path) 
     image is in); random draws ``train_share`` of the images to train, the rest to test. Both of
     those then hold ``val_images`` of the training images out for validation."""
     if cfg.rule == "karpathy":
+        if images and images[0]["split"] is None:
+            raise DatasetError(f"{source}: its captions come without splits (COCO annotations, a Flickr token file): "
+                               "set data.split.rule to coco2014 (COCO: train2014 trains, val2014 tests) or random")
         return
     if cfg.rule == "coco2014":
         for entry in images:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.datasets import DatasetError, TextConfig, build_manifest, normalize_caption, read_karpathy
+from pipeline.datasets import DatasetError, TextConfig, build_manifest, normalize_caption, read_dataset
 from tests.conftest import REAL_SAMPLE
 
 
@@ -29,7 +29,7 @@ def _entry(imgid, split="train", captions=("A cat.",)):
 
 def test_restval_joins_train_and_ids_prefer_cocoid(tmp_path):
     entry = dict(_entry(0, "restval"), cocoid=391895)
-    manifest = read_karpathy(_karpathy(tmp_path, [entry, _entry(1, "test")]), TextConfig())
+    manifest = read_dataset(_karpathy(tmp_path, [entry, _entry(1, "test")]), TextConfig())
     assert [(e["id"], e["split"], e["path"]) for e in manifest["images"]] == [
         ("391895", "train", "x/0.jpg"), ("1", "test", "x/1.jpg")]
     assert manifest["images"][0]["captions"] == ["a cat"]
@@ -46,14 +46,14 @@ def test_restval_joins_train_and_ids_prefer_cocoid(tmp_path):
 ])
 def test_bad_entries_are_named(tmp_path, images, message):
     with pytest.raises(DatasetError, match=message):
-        read_karpathy(_karpathy(tmp_path, images), TextConfig())
+        read_dataset(_karpathy(tmp_path, images), TextConfig())
 
 
 def test_malformed_json_is_named(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text("{not json")
     with pytest.raises(DatasetError, match="broken.json"):
-        read_karpathy(path, TextConfig())
+        read_dataset(path, TextConfig())
 
 
 @pytest.mark.skipif(not REAL_SAMPLE.exists(), reason=f"real sample data not present at {REAL_SAMPLE}")
