@@ -42,7 +42,7 @@ from pipeline.runtime import device_of
 from pipeline.shards import for_each_shard
 from train.data import CachedFeatures, Images, StoreSpec
 from train.decode import METHODS, caption_images
-from train.model import load_captioner, read_config
+from train.model import load_captioner, model_folder, read_config
 from world.generate import DATASET_NAME as DEMO_WORLD
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,11 @@ def caption_files(paths: list[Path], model_dir: Path, params: Params, device: to
         return images.caption(paths)
 
 
+def own_params(model_dir: Path | None) -> Path | None:
+    """A self-contained model folder's (a release's) own parameters, if it has them."""
+    return model_dir / "params.yaml" if model_dir and (model_dir / "params.yaml").is_file() else None
+
+
 def trained_on(model_dir: Path) -> str | None:
     """The data set a model folder was trained on, as its config records it (None if it does not)."""
     return read_config(model_dir / "config.json").get("dataset")
@@ -181,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
-    parser.add_argument("--model", type=Path, help=f"a trained model folder (default: {CAPTIONER} beside --params)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+    parser.add_argument("--model", help=f"a model folder or Hugging Face Hub id (default: {CAPTIONER} beside --params)")
+    parser.add_argument("--params", type=Path,
                         help="the parameters naming the extractors' weights (and decoding); their relative paths "
-                             "are read from this file's folder, so the command runs from any folder")
+                             "are read from this file's folder, so the command runs from any folder (default: the "
+                             "model folder's own params.yaml, as a release holds, else ./params.yaml)")
     parser.add_argument("--decode", choices=METHODS, help="override evaluate.decode.method")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="override store.precision: the extractors and decoding run at it, whatever precision "
@@ -201,9 +207,10 @@ def _caption_and_print(args: argparse.Namespace) -> int:
     if not paths and not refused:
         raise FileNotFoundError(f"no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) in "
                                 f"{', '.join(map(str, args.inputs))}")
-    model, absolute = (args.model.resolve() if args.model else None), [p.resolve() for p in paths]
-    with contextlib.chdir(project_of(args.params)):  # the parameters' paths (assets/, weights/): their project's
-        params = start(args.params.resolve())
+    model, absolute = (model_folder(args.model).resolve() if args.model else None), [p.resolve() for p in paths]
+    params_file = args.params or own_params(model) or Path("params.yaml")
+    with contextlib.chdir(project_of(params_file)):  # the parameters' paths (assets/, weights/): their project's
+        params = start(params_file.resolve())
         if not args.verbose:
             quiet()
         if args.decode:

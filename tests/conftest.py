@@ -79,7 +79,8 @@ def tiny_clip(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A 12-image world run through every stage (one short epoch per phase, greedy decoding): the
-    trained model folder and store that `graphcap-caption` and `graphcap-demo` are tested with."""
+    trained model folder, its release and the store that `graphcap-caption`, the Python API and
+    `graphcap-demo` are tested with."""
     from pipeline.stages import (
         clip_image,
         clip_text,
@@ -89,11 +90,13 @@ def trained(tmp_path_factory):
         region_clip,
         region_keywords,
         regions,
+        release,
         train,
         world,
     )
 
-    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip, train, evaluate)
+    stages = (world, prepare, clip_image, regions, clip_text, knn, region_keywords, region_clip, train, evaluate,
+              release)
     return tiny_project(tmp_path_factory.mktemp("caption"), stages, n_train=8,
                         train={"phase1_epochs": 1, "phase2_epochs": 1, "batch_size": 8, "val_images": 0},
                         evaluate={"decode": {"method": "greedy"}})

@@ -69,8 +69,16 @@ def test_the_model_card_holds_the_test_metrics_and_the_features_it_expects():
 
     config = {"dataset": "coco", "model": {"mapping": "mlp"}, "dims": {"region": 1024},
               "features": {"clip_image": {"clip.activation": "quick_gelu"}}}
+    from dataclasses import asdict
+
+    from pipeline.params import load_params
+    from tests.conftest import ROOT
+
+    params = asdict(load_params(ROOT / "presets/paper.yaml"))
     card = model_card(config, {"CIDEr": 1.1234, "BLEU-4": 0.3, "SPICE": "unavailable", "split": "test",
-                               "n_images": 5000, "decode": "hybrid"}, {"lr": 1e-4})
+                               "n_images": 5000, "decode": "hybrid"}, {"lr": 1e-4}, params, 3 * 2**30)
+    assert "| CLIP | ViT-B-32 (quick_gelu), weights `openai` |" in card and "3,072 MB in all" in card
+    assert "| detector | torchvision fasterrcnn_resnet50_fpn, weights" in card and "| precision | fp32 |" in card
     assert card.startswith("---\nlibrary_name: graphcap") and "datasets: [coco]" in card
     assert "| CIDEr | 1.1234 |" in card and "| BLEU-4 | 0.3000 |" in card and "SPICE |" not in card
     assert '"clip.activation": "quick_gelu"' in card and '"lr": 0.0001' in card

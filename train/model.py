@@ -246,12 +246,7 @@ class Captioner(nn.Module):
         path, or a Hugging Face Hub repository holding one (downloaded into the hub cache once;
         offline, a cached one is read). The features it is given must match its config.json's
         ``features`` provenance (the pipeline checks that)."""
-        folder = Path(name_or_folder)
-        if not folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(str(name_or_folder), revision=revision))
-        return load_captioner(folder)[0]
+        return load_captioner(model_folder(name_or_folder, revision))[0]
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
         """One self-describing folder: config.json, weights.safetensors, gpt2/ (with tokenizer).
@@ -320,6 +315,21 @@ def load_gpt2(name_or_folder: str) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
     if config.activation_function == "gelu_new":  # GPT-2's tanh-approximate GELU: the same function as one
         config.activation_function = "gelu_pytorch_tanh"  # fused kernel instead of five ops (~8% of a CPU step)
     return GPT2LMHeadModel.from_pretrained(name_or_folder, config=config), tokenizer
+
+
+def model_folder(name_or_folder: str | Path, revision: str | None = None) -> Path:
+    """A model folder at a local path, or a Hugging Face Hub repository's snapshot (downloaded
+    into the hub cache once; offline, a cached one is read)."""
+    folder = Path(name_or_folder)
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_folder), revision=revision))
+    except Exception as err:  # an invalid id, offline without a cached copy, a missing repository: many types
+        raise FileNotFoundError(f"{name_or_folder}: no such model folder, nor a Hub model available here "
+                                f"({_first_line(err)})") from err
 
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:

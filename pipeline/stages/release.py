@@ -1,27 +1,76 @@
-"""Stage `release`: the trained captioner as a Hub-style model folder → models/release: the model
-folder's files (hard links where the file system allows) and README.md, its model card with the
-test metrics. ``Captioner.from_pretrained("models/release")`` loads it, offline;
-``train.model.push_to_hub("models/release", "user/name")`` shares it."""
+"""Stage `release`: the trained captioner as a self-contained, Hub-style folder → models/release.
+
+It holds everything from pixels to caption, so it captions anywhere, offline, without the
+project: the model (config.json, weights.safetensors, gpt2/), params.yaml (the extractors',
+keyword banks' and decoding's settings the model was trained with), the extractors' weights under
+weights/ (copied, not named: one folder works offline and on the Hub), the files the settings
+name by a relative path (CLIP's config, the detector's classes, ...) at that same path, and
+README.md, its model card. The model's provenance check stays: extractors other than those it
+was trained on are refused by name. ``graphcap-caption photo.jpg --model models/release`` and
+``graphcap.Captioner.from_pretrained("models/release")`` use it; ``train.model.push_to_hub``
+uploads it."""
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict
+from pathlib import Path
+
+import yaml
 
 from eval.model_card import model_card
+from features.clip import clip_activation
 from pipeline.app import run_main, start
-from pipeline.paths import CAPTIONER, METRICS, RELEASE
+from pipeline.params import Params
+from pipeline.paths import CAPTIONER, METRICS, RELEASE, keyword_banks
+
+log = logging.getLogger(__name__)
 
 
 def main() -> None:
-    params = start()
-    config = json.loads((CAPTIONER / "config.json").read_text())
-    card = model_card(config, json.loads(METRICS.read_text()), asdict(params.train))
+    params = start()  # the pretrained inputs as the weights stage resolved them
     tmp = RELEASE.with_name(RELEASE.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(CAPTIONER, tmp, copy_function=_link_or_copy)
+    raw = asdict(params)  # every key explicit, as the model was trained with
+    for inside, source in pixel_inputs(params, raw).items():
+        (tmp / inside).parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, tmp / inside, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(source), str(tmp / inside))
+    (tmp / "params.yaml").write_text("# the settings this model was trained with (its extractors, keyword banks and "
+                                     "decoding); paths are relative to this folder\n" + yaml.safe_dump(raw, sort_keys=False))
+    config = json.loads((CAPTIONER / "config.json").read_text())
+    size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+    card = model_card(config, json.loads(METRICS.read_text()), asdict(params.train), raw, size)
     (tmp / "README.md").write_text(card)
     shutil.rmtree(RELEASE, ignore_errors=True)
     tmp.rename(RELEASE)
+
+
+def pixel_inputs(params: Params, raw: dict) -> dict[str, Path]:
+    """The files the release must hold (its path inside → the source), ``raw`` (the parameters as
+    a dict) pointed at them: the resolved weights under weights/, the files named by a relative
+    path at that path (their names are part of the provenance), GPT-2 as the model's own."""
+    weights = {"weights/clip/" + Path(params.clip.pretrained).name: Path(params.clip.pretrained),
+               "weights/detector/" + Path(params.regions.weights).name: Path(params.regions.weights)}
+    raw["clip"]["pretrained"], raw["regions"]["weights"] = list(weights)
+    raw["clip"]["activation"] = clip_activation(params.clip)  # resolved (a tag's): the copy is a plain file
+    if params.clip.tokenizer:
+        weights["weights/clip_tokenizer"] = Path(params.clip.tokenizer)
+        raw["clip"]["tokenizer"] = "weights/clip_tokenizer"
+    raw["model"]["gpt2"] = "gpt2"
+    named = [params.clip.config_file, params.regions.classes, params.regions.d2_config,
+             params.keywords.scene_bank, params.keywords.object_bank]
+    if params.keywords.local_source == "retrieval":  # the object bank is read at caption time
+        named.append(str(keyword_banks(params.store.dir)))
+    for name in named:
+        if name and Path(name).is_file() and not Path(name).is_absolute():
+            weights[name] = Path(name)
+        elif name and Path(name).is_absolute():
+            log.warning("release: %s is named by an absolute path; the release names it there, not a copy", name)
+    return weights
 
 
 def _link_or_copy(source: str, target: str) -> None:
