@@ -29,12 +29,13 @@ from pathlib import Path
 
 from eval.report import CHECK, LEGEND, STYLE, draw, report_items, section
 from pipeline.app import project_of, run_command, start
-from pipeline.caption import NewImages, demo_world_note, quiet
+from pipeline.caption import NewImages, demo_world_note, own_params, quiet
 from pipeline import demo_server
 from pipeline.demo_server import MAX_BYTES, MAX_CLIENTS, UPLOAD_SECONDS, BadUpload, listen, too_large
 from pipeline.params import Params
 from pipeline.paths import CAPTIONER
 from pipeline.runtime import device_of
+from train.model import model_folder
 
 
 
@@ -111,10 +112,11 @@ def port(text: str) -> int:
 def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, help=f"a trained model folder (default: {CAPTIONER} beside --params)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+    parser.add_argument("--model", help=f"a model folder or Hub id (default: {CAPTIONER} beside --params)")
+    parser.add_argument("--params", type=Path,
                         help="the parameters naming the extractors' weights (and decoding, report.image_px); their "
-                             "relative paths are read from this file's folder")
+                             "relative paths are read from this file's folder (default: the model folder's own "
+                             "params.yaml, as a release holds, else ./params.yaml)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=port, default=8000, help="the port (0: any free one)")
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="the largest upload accepted")
@@ -132,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    model = args.model.resolve() if args.model else None  # given where the user is
+    local = Path(args.model).resolve() if args.model and Path(args.model).is_dir() else None  # where the user is
+    params_file = args.params or own_params(local) or Path("params.yaml")
     with contextlib.ExitStack() as opened:
-        opened.enter_context(contextlib.chdir(project_of(args.params)))  # the parameters' paths: their project's
-        params = start(args.params.resolve())
-        model = model or CAPTIONER.resolve()
+        opened.enter_context(contextlib.chdir(project_of(params_file)))  # the parameters' paths: their project's
+        params = start(params_file.resolve())
         server = opened.enter_context(listen(args.host, args.port, args.max_clients))  # a busy port said at once
+        model = local or (model_folder(args.model).resolve() if args.model else CAPTIONER.resolve())  # a Hub id
         if not args.verbose:
             quiet()
             demo_server.log.setLevel(logging.INFO)  # the requests, still
