@@ -161,3 +161,17 @@ def test_the_paths_module_and_the_pipelines_name_the_same_files():
     not_dvc = {str(paths.CHECKPOINT), str(paths.ABLATION_WORK), str(paths.ABLATION_TABLE)}  # see paths.py
     assert sorted(n for n in named - not_dvc if not any(entry == n or entry.startswith(n + "/") for entry in listed)) == []
     assert {f"{paths.ABLATION_TABLE}{ext}" for ext in (".md", ".csv", ".json")} <= listed
+
+
+def test_dvc_lists_the_parameters_the_provenance_records():
+    """A key that changes stored features must rerun their stage: the keyword-bank keys the
+    clip_text stage lists are those pipeline.provenance records, and every stage that makes image
+    or text features lists store.precision."""
+    from pipeline.provenance import BANK_KEYS
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    listed = {k.removeprefix("keywords.") for k in stages["clip_text"]["params"] if k.startswith("keywords.")}
+    assert listed == set(BANK_KEYS)
+    for name in ("clip_image", "regions", "clip_text", "region_keywords"):
+        assert "store.precision" in stages[name]["params"], name
+    assert "store.precision" in stages["optional"]["do"]["params"]

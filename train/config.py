@@ -9,7 +9,7 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Every key is documented in params.yaml (section ``train``)."""
+    """Every key is documented in params.yaml (section ``train.loss``)."""
 
     alpha_align: float = 0.7  # α1
     alpha_gate: float = 0.3  # α2
@@ -88,7 +88,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every key is documented in params.yaml (section ``train``)."""
+    """Every key is documented in params.yaml (section ``train.loss``)."""
 
     phase1_epochs: int = 5  # GPT-2 frozen: GAT, gating, fusion and mapping train
     phase2_epochs: int = 25  # everything trains jointly

@@ -23,7 +23,7 @@ def alignment_loss(fused: torch.Tensor, text: torch.Tensor, cfg: LossConfig) -> 
         logits = F.normalize(fused, dim=-1) @ F.normalize(text, dim=-1).T / cfg.infonce_temperature
         target = torch.arange(len(fused), device=fused.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    raise ValueError(f"train.align: unknown alignment loss {cfg.align!r} (cosine | infonce)")
+    raise ValueError(f"train.loss.align: unknown alignment loss {cfg.align!r} (cosine | infonce)")
 
 
 def gate_loss(model: Captioner, prefix: Prefix, cfg: LossConfig) -> torch.Tensor:
@@ -34,7 +34,7 @@ def gate_loss(model: Captioner, prefix: Prefix, cfg: LossConfig) -> torch.Tensor
         return cfg.gate_lambda * prefix.gate.abs().mean()
     if cfg.gate_on == "weights":
         return cfg.gate_lambda * model.local_guidance.gate.weight.abs().mean()
-    raise ValueError(f"train.gate_on: unknown target {cfg.gate_on!r} (activations | weights)")
+    raise ValueError(f"train.loss.gate_on: unknown target {cfg.gate_on!r} (activations | weights)")
 
 
 def grounding_loss(attention: torch.Tensor, prefix: Prefix, ground: torch.Tensor, first_slot: int,
