@@ -74,9 +74,10 @@ def test_a_release_with_other_extractors_is_refused_by_name(outside, tmp_path, w
     name = next(iter(state))
     state[name] = state[name] + 0.01  # other weights of the same architecture
     save_file(state, str(weights))
-    Image.new("RGB", (64, 64), (120, 40, 200)).save(tmp_path / "x.png")
-    done = caption_outside(release, tmp_path / "x.png", tmp_path)
-    assert done.returncode == 2 and f"provenance key '{key}' differs" in done.stderr
-    assert "Traceback" not in done.stderr
     with pytest.raises(StoreError, match=f"'{key}' differs"):
         Captioner.from_pretrained(release)
+    if which == "detector":  # the command says the same in one line (one run of it is enough: ~15 s)
+        Image.new("RGB", (64, 64), (120, 40, 200)).save(tmp_path / "x.png")
+        done = caption_outside(release, tmp_path / "x.png", tmp_path)
+        assert done.returncode == 2 and f"provenance key '{key}' differs" in done.stderr
+        assert "Traceback" not in done.stderr
