@@ -11,7 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_check  # noqa: E402
 
-ROWS = ("clip_image stage / pure forward", "regions stage / pure forward", "knn faiss / torch",
+# a CPU without native bf16 (this one) measures the extraction rows in fp32 only
+ROWS = ("clip_image fp32 stage / pure fp32", "regions fp32 stage / pure fp32", "knn faiss / torch",
         "train step fp32, batch 2", "train step bf16, batch 2", "loader share of a step")
 
 
