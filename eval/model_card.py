@@ -23,6 +23,8 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any], training: 
 library_name: graphcap
 tags: [image-captioning, clip, gpt2, graph-attention-network]
 datasets: [{dataset}]
+sdk: gradio  # the folder also runs as a Hugging Face Space: app.py, requirements.txt
+app_file: app.py
 ---
 
 # graphcap captioner trained on {dataset}
@@ -47,6 +49,11 @@ from graphcap import Captioner
 captioner = Captioner.from_pretrained("<this folder or its Hub id>")
 captioner.caption(["photo.jpg", pil_image])   # -> one caption per image
 ```
+
+The demo (Gradio): `python app.py` in this folder (`pip install -r requirements.txt` first), or
+upload the folder as a Space (`huggingface_hub.upload_folder(..., repo_type="space")`); its API:
+`gradio_client.Client(url).predict(handle_file("photo.jpg"), api_name="/caption")`. `app.py`
+runs the graphcap code this model was trained with, copied under `code/`.
 
 ## Extractors and decoding
 

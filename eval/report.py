@@ -143,24 +143,29 @@ def _pairs(values: list[tuple[str, float]]) -> str:
 
 
 def section(item: ReportItem, picture: str) -> str:
-    """One image's block: its drawing (``picture``: a URL), captions, keywords with the gate and,
-    for an image of a data set, its scores and references."""
+    """One image's block: its drawing (``picture``: a URL) beside its :func:`details`."""
+    return f"""<section id="img-{html.escape(item.id)}">
+<h2>{html.escape(item.id)}</h2>
+<img src="{picture}" alt="image {html.escape(item.id)} with boxes and graph">
+{details(item)}
+</section>"""
+
+
+def details(item: ReportItem) -> str:
+    """What the model made of one image: the caption of each decoding, the keywords with the gate,
+    the regions and, for an image of a data set, its scores and references."""
     e = item.explanation
     captions = "".join(f"<tr><th>{html.escape(k)}</th><td class='caption'>{html.escape(v)}</td></tr>"
                        for k, v in item.captions.items())
     scores = " · ".join(f"{html.escape(k)} {v:.3f}" for k, v in item.scores.items())
     refs = "".join(f"<li>{html.escape(r)}</li>" for r in item.references)
     gate = "–" if e.gate is None else f"{e.gate:.2f}"
-    return f"""<section id="img-{html.escape(item.id)}">
-<h2>{html.escape(item.id)}</h2>
-<img src="{picture}" alt="image {html.escape(item.id)} with boxes and graph">
-<div><table>{captions}</table>
+    return f"""<div class="details"><table>{captions}</table>
 <p><b>Global keywords:</b> {_pairs(e.scene)}</p>
 <p><b>Local keywords:</b> {_pairs(e.local)} (mean gate {gate})</p>
 <p><b>Regions:</b> {len(item.labels)}, graph edges {len(e.edges)}</p>
 {f"<p><b>Scores:</b> {scores}</p>" if scores else ""}
-{f"<p><b>References:</b></p><ul>{refs}</ul>" if refs else ""}</div>
-</section>"""
+{f"<p><b>References:</b></p><ul>{refs}</ul>" if refs else ""}</div>"""
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;background:#fafafa}

@@ -1,112 +1,127 @@
-"""A local web page where one drops an image and sees what the captioner makes of it: the
-caption of each decoding and the report's drawing (boxes, region graph, keywords with the gate).
+"""A web demo where one drops an image and sees what the captioner makes of it: the caption of
+each decoding, and the report's drawing (boxes, region graph) with the keywords and the gate.
 
-    graphcap-demo [--model models/captioner] [--port 8000]   (then open the URL it prints)
+    graphcap-demo [--model models/captioner] [--port 7860]   (then open the URL it prints)
 
-A page of our own on the standard library's ThreadingHTTPServer rather than Gradio: one form and
-one result need no framework, so the demo adds no dependency, starts at once and is tested with
-urllib. An upload goes the way `graphcap-caption` takes a file (pipeline/caption.py: the
-extractors of pipeline/extract.py into a scratch store, then the model), loaded once at start; a
-bad upload (empty, over the size limit, not an image) gets a 4xx page of one line naming the
-file and the reason, and the server keeps serving. The HTTP side, with its bounds on what a
-client can hold, is pipeline/demo_server.py.
+A Gradio app (``pip install -e '.[demo]'``), as the field's captioning demos are: the model sits
+behind a queue (one upload captioned at a time), its API is ``/caption`` for ``gradio_client``,
+analytics are off and the theme's fonts are Gradio's own files, so nothing is fetched from the
+network. An upload goes the way `graphcap-caption` takes a file (pipeline/caption.py: the
+extractors into a scratch store, then the model), loaded once at start. A bad upload (empty, over
+the size limit, not an image) gets one line naming the file and the reason, and the app keeps
+serving. A release folder's ``app.py`` (pipeline/stages/release.py) runs this as a Hugging Face
+Space.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import html
-import io
 import logging
-import re
+import os
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 
-from eval.report import CHECK, LEGEND, STYLE, draw, report_items, section
-from pipeline.app import project_of, run_command, start
+from PIL import Image
+
+from eval.report import LEGEND, details, draw, report_items
+from pipeline.app import printable, project_of, run_command, start
 from pipeline.caption import NewImages, demo_world_note, own_params, quiet
-from pipeline import demo_server
-from pipeline.demo_server import MAX_BYTES, MAX_CLIENTS, UPLOAD_SECONDS, BadUpload, listen, too_large
 from pipeline.params import Params
 from pipeline.paths import CAPTIONER
 from pipeline.runtime import device_of
 from train.model import model_folder
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no version check either
+try:
+    import gradio as gr
+except ModuleNotFoundError as err:  # an optional extra: one line, not a traceback
+    raise SystemExit(f"graphcap-demo: {err.name} is not installed: pip install -e '.[demo]'") from None
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 20 * 2**20  # an upload larger than this is refused (a 24 MP JPEG is ~10 MB)
+MAX_QUEUE = 16  # uploads waiting for the model; one more is told the queue is full
+API_NAME = "caption"  # gradio_client: Client(url).predict(handle_file(path), api_name="/caption")
 
 
-# Dropping a file on the zone submits it; choosing one with the button waits for "Caption".
-SCRIPT = """<script>const f=document.getElementById('upload'),z=document.getElementById('drop');
-['dragenter','dragover'].forEach(e=>z.addEventListener(e,v=>{v.preventDefault();z.classList.add('over');}));
-z.addEventListener('dragleave',()=>z.classList.remove('over'));
-z.addEventListener('drop',v=>{v.preventDefault();f.image.files=v.dataTransfer.files;f.submit();});</script>"""
-FORM_STYLE = """#drop{display:block;padding:2em;border:2px dashed #999;background:#fff;margin-bottom:1em}
-#drop.over{background:#eef}#error{color:#a00;font-weight:bold}.note{color:#666}"""
+class BadUpload(ValueError):
+    """An upload that cannot be captioned, and the one line that says why."""
+
+
+def too_large(name: str, size: int, limit: int) -> str:
+    return f"{name}: too large ({size:,} bytes; the limit is {limit:,})"
+
+
+def refusal(reason: str) -> gr.Error:
+    """What the page shows (until closed) and the log's one line: no traceback for a user's file."""
+    log.warning("refused: %s", printable(reason))
+    return gr.Error(reason, duration=None, print_exception=False)
 
 
 @dataclass
 class Demo:
-    """What the server holds between requests: the loaded model and extractors, and the limits."""
+    """What the app holds between uploads: the loaded model and extractors, and the limit."""
 
     images: NewImages
     params: Params
     max_bytes: int = MAX_BYTES
-    note: str | None = None  # said on every page (a model of the demo world, for one)
-    upload_seconds: float = UPLOAD_SECONDS  # read at each connection: a change applies to the next one
+    note: str | None = None  # said on the page (a model of the demo world, for one)
 
-    def describe(self, name: str, data: bytes) -> str:
-        """The result block for one uploaded file: its captions and drawing (inline PNG)."""
-        if not data:
-            raise BadUpload(HTTPStatus.BAD_REQUEST, f"{name}: empty file")
-        if len(data) > self.max_bytes:
-            raise BadUpload(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_large(name, len(data), self.max_bytes))
-        with tempfile.TemporaryDirectory(prefix="graphcap-demo-") as tmp:
-            path = Path(tmp) / safe_name(name)
-            path.write_bytes(data)
-            with self.images.features([path]) as (features, good, errors):
-                if errors:  # the pipeline's own reason, naming the file as the user knows it
-                    reason = " ".join(errors[0].replace(str(path), name).split())
-                    raise BadUpload(HTTPStatus.UNPROCESSABLE_ENTITY, reason if name in reason else f"{name}: {reason}")
-                item, = report_items(self.images.model, self.images.config, features, good, [path], [name],
-                                     self.params.evaluate.decode, self.params.report.top_keywords,
-                                     self.images.device, self.images.rerank)
-            picture = io.BytesIO()
-            draw(item, self.params.report.image_px).save(picture, format="PNG")
-        return section(item, "data:image/png;base64," + base64.b64encode(picture.getvalue()).decode())
+    def describe(self, upload: str | None) -> tuple[Image.Image, dict[str, str], str]:
+        """One uploaded file (the path Gradio saved it at, under its own name): its drawing, its
+        caption by each decoding, and the details block. A bad file raises BadUpload."""
+        if not upload:
+            raise BadUpload("no file chosen")
+        path = Path(upload)
+        size = path.stat().st_size
+        if not size:
+            raise BadUpload(f"{path.name}: empty file")
+        if size > self.max_bytes:
+            raise BadUpload(too_large(path.name, size, self.max_bytes))
+        with self.images.features([path]) as (features, good, errors):
+            if errors:  # the pipeline's own reason, naming the file as the user knows it
+                reason = " ".join(errors[0].replace(str(path), path.name).split())
+                raise BadUpload(reason if path.name in reason else f"{path.name}: {reason}")
+            item, = report_items(self.images.model, self.images.config, features, good, [path], [path.name],
+                                 self.params.evaluate.decode, self.params.report.top_keywords,
+                                 self.images.device, self.images.rerank)
+        return draw(item, self.params.report.image_px), item.captions, details(item)
 
-    def page(self, body: str = "") -> str:
-        """The page: the upload form, then ``body`` (a result, or the line saying what went wrong)."""
-        note = f"<p class='note'>Note: {html.escape(self.note)}</p>" if self.note else ""
-        return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>graphcap demo</title>
-<style>{STYLE}
-{FORM_STYLE}</style>{CHECK}</head><body><h1>graphcap demo</h1>{note}
-<form id="upload" method="post" action="/" enctype="multipart/form-data">
-<label id="drop">Drop an image here (at most {self.max_bytes:,} bytes), or choose one:
-<input type="file" name="image" accept="image/*"></label><button type="submit">Caption</button></form>
-<p class="note">{LEGEND}</p>
-{body}{SCRIPT}</body></html>
-"""
+    def caption(self, upload: str | None) -> tuple[Image.Image, dict[str, str], str]:
+        """:meth:`describe` behind the app: the user gets one line, a bug's traceback goes to the log."""
+        try:
+            return self.describe(upload)
+        except BadUpload as err:
+            raise refusal(str(err)) from None
+        except Exception:
+            name = Path(upload).name if upload else "the upload"
+            log.exception("captioning %s failed", printable(name))
+            raise refusal(f"{name}: could not be captioned (an internal error; the server's log has it)") from None
+
+    def app(self) -> gr.Blocks:
+        with gr.Blocks(title="graphcap demo", analytics_enabled=False) as blocks:
+            gr.Markdown("# graphcap demo" + (f"\n\n**Note:** {self.note}" if self.note else ""))
+            with gr.Row():
+                upload = gr.File(label=f"An image (at most {self.max_bytes:,} bytes)", type="filepath",
+                                 elem_id="upload")
+                drawing = gr.Image(label="Regions, graph and keywords", type="pil", format="png",
+                                   interactive=False, elem_id="drawing")
+            captions = gr.JSON(label="Caption by decoding", elem_id="captions")
+            explained = gr.HTML(elem_id="details")
+            gr.Markdown(LEGEND)
+            upload.upload(self.caption, upload, [drawing, captions, explained], api_name=API_NAME)
+        return blocks.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
 
 
-def safe_name(name: str) -> str:
-    """A file name from an upload's, safe to write: no folders, no characters a shell would mind."""
-    cleaned = re.sub(r"[^\w.\- ]", "_", Path(name.replace("\\", "/")).name).strip(" .")
-    return cleaned[:120] or "upload"
-
-
-def stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def port(text: str) -> int:
-    """--port's type: 1..65535, or 0 for any free port; anything else is argparse's error."""
-    if not re.fullmatch(r"[0-9]{1,5}", text) or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1..65535, or 0 for any free one)")
-    return int(text)
+def launch(demo: Demo, host: str | None, port: int | None) -> tuple[gr.Blocks, str]:
+    """The app served from a thread (host and port: Gradio's, from GRADIO_SERVER_NAME/PORT on a
+    Space, if not given): the app and its URL."""
+    blocks = demo.app()
+    _, url, _ = blocks.launch(server_name=host, server_port=port, max_file_size=demo.max_bytes, quiet=True,
+                              prevent_thread_lock=True, footer_links=["api"], ssr_mode=False)
+    return blocks, url
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -117,13 +132,10 @@ def arguments() -> argparse.ArgumentParser:
                         help="the parameters naming the extractors' weights (and decoding, report.image_px); their "
                              "relative paths are read from this file's folder (default: the model folder's own "
                              "params.yaml, as a release holds, else ./params.yaml)")
-    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=port, default=8000, help="the port (0: any free one)")
+    parser.add_argument("--host", help="the address to listen on (default: Gradio's, 127.0.0.1; 0.0.0.0: every "
+                                       "interface)")
+    parser.add_argument("--port", type=int, help="the port (default: Gradio's, 7860)")
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="the largest upload accepted")
-    parser.add_argument("--upload-seconds", type=float, default=UPLOAD_SECONDS,
-                        help="the time a request has to arrive whole (else 408)")
-    parser.add_argument("--max-clients", type=int, default=MAX_CLIENTS,
-                        help="the requests served at once (one more gets 503 at once)")
     parser.add_argument("--verbose", action="store_true", help="the extractors' logs and progress bars on stderr")
     return parser
 
@@ -133,26 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     return run_command("graphcap-demo", lambda: serve(args))  # a user error: one line naming it, exit 2
 
 
+def stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(args: argparse.Namespace) -> int:
     local = Path(args.model).resolve() if args.model and Path(args.model).is_dir() else None  # where the user is
     params_file = args.params or own_params(local) or Path("params.yaml")
     with contextlib.ExitStack() as opened:
         opened.enter_context(contextlib.chdir(project_of(params_file)))  # the parameters' paths: their project's
         params = start(params_file.resolve())
-        server = opened.enter_context(listen(args.host, args.port, args.max_clients))  # a busy port said at once
         model = local or (model_folder(args.model).resolve() if args.model else CAPTIONER.resolve())  # a Hub id
         if not args.verbose:
             quiet()
-            demo_server.log.setLevel(logging.INFO)  # the requests, still
         images = opened.enter_context(NewImages(model, params, device_of(params.store.device)))
-        server.demo = Demo(images, params, args.max_bytes, demo_world_note(model), args.upload_seconds)
-        print(f"graphcap-demo: serving {server.url} (Ctrl-C stops)", flush=True)
+        blocks, url = launch(Demo(images, params, args.max_bytes, demo_world_note(model)), args.host, args.port)
+        opened.callback(blocks.close)
+        print(f"graphcap-demo: serving {url} (Ctrl-C stops)", flush=True)
         signal.signal(signal.SIGTERM, stop)  # a service manager's stop ends it as Ctrl-C does
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()  # until Ctrl-C or SIGTERM
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,64 +1,63 @@
-"""`graphcap-demo`: a real server on a free port, asked over HTTP: bad uploads get one line naming
-the file and the reason and the server keeps serving; a real photo, uploaded in headless chromium,
-gets its captions and the report's drawing. Clients that misbehave at the HTTP level (too slow, too
-many, a bad length or boundary, gone mid-request, control bytes) are driven over raw sockets, and
-after each the server still captions a real image within seconds."""
+"""`graphcap-demo`, the Gradio app, served for real on a free port: its API called with
+gradio_client (a real photo gets the caption of each decoding, the drawing and the details; bad
+uploads get one line naming the file and the reason, and the app keeps serving), and the page
+driven in headless chromium (an upload shows the captions and the drawing, bad files show their
+line, nothing is fetched from another host). The command itself: its URL, its one-line errors."""
 import contextlib
-import html
 import io
-import logging
+import json
 import os
 import re
-import select
 import socket
-import struct
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
-import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.caption import NewImages, demo_world_note
-from pipeline.demo import Demo, main
-from pipeline.demo_server import FORM_SLACK, DemoServer
-from pipeline.params import load_params
-from tests.conftest import REAL_SAMPLE, ROOT, real_photos
-from tests.helpers import CHROMIUM, CHROMIUM_FLAGS
+gr = pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[test]')")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from pipeline.caption import NewImages, demo_world_note  # noqa: E402
+from pipeline.demo import API_NAME, BadUpload, Demo, launch, main  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
+from tests.conftest import REAL_SAMPLE, ROOT, real_photos  # noqa: E402
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
 
 LIMIT = 1_000_000  # bytes: the demo's limit in these tests, so "too large" is quick to send
-BOUNDARY = "----graphcapTestBoundary"
-EVIL = "\x1b[2J\x07\x08\x7f"  # a terminal's clear-screen, a bell, a backspace, a delete
+DECODINGS = ["beam", "greedy", "hybrid"]
 
 
-@contextlib.contextmanager
-def serving(demo: Demo, **limits: int) -> Iterator[DemoServer]:
-    """``demo`` served from a thread on a free port."""
-    server = DemoServer(demo, "127.0.0.1", 0, **limits)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def server(trained):
-    """The demo on the tests' trained model, serving from a thread."""
+def served(trained) -> Iterator[tuple[Demo, str]]:
+    """The demo on the tests' trained model, served from a thread: (the demo, its URL)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(trained)
         params = load_params(trained / "params.yaml")
         model = trained / "models/captioner"
-        with NewImages(model, params, "cpu") as images, serving(Demo(images, params, LIMIT,
-                                                                     demo_world_note(model))) as demo:
-            yield demo
+        with NewImages(model, params, "cpu") as images:
+            demo = Demo(images, params, LIMIT, demo_world_note(model))
+            blocks, url = launch(demo, "127.0.0.1", free_port())
+            try:
+                yield demo, url
+            finally:
+                blocks.close()
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Client:
+    return Client(served[1], verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -69,43 +68,19 @@ def photo(trained) -> Path:
     return trained / "data/world/images/000000.png"
 
 
-def form(name: str, data: bytes, boundary: str = BOUNDARY) -> bytes:
-    """A multipart/form-data body holding one file, as a browser sends it."""
-    return (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+def caption_via_api(client: Client, path: Path) -> tuple[str, dict[str, str], str]:
+    return client.predict(handle_file(str(path)), api_name=f"/{API_NAME}")
 
 
-def post(url: str, name: str, data: bytes, timeout: float = 120) -> tuple[int, str]:
-    """(status, page) of the form posted with one file, as a browser sends it."""
-    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    request = urllib.request.Request(url, form(name, data), headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
+def assert_captioned(result: tuple[str, dict[str, str], str]) -> None:
+    drawing, captions, details = result
+    assert sorted(captions) == DECODINGS and all(c.strip() for c in captions.values())
+    assert Image.open(drawing).size[0] > 0  # the drawing, a real PNG
+    assert "Local keywords:" in details and "mean gate" in details
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
-def error_of(page: str) -> str:
-    (line,) = re.findall(r"<p id='error'>(.*?)</p>", page, flags=re.DOTALL)
-    assert "\n" not in line and "Traceback" not in page
-    return line
-
-
-def test_the_page_is_the_upload_form(server):
-    status, page = get(server.url)
-    assert status == 200 and '<input type="file" name="image"' in page
-    assert "trained on the built-in demo world" in page  # the model's note, as `caption` says it
-    assert "://" not in page  # nothing from the network: no script, style or font
-    assert get(server.url + "nowhere")[0] == 404
+def test_a_real_photo_through_the_api(client, photo):
+    assert_captioned(caption_via_api(client, photo))
 
 
 def bomb() -> bytes:
@@ -115,49 +90,96 @@ def bomb() -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("name, data, status, reason", [
-    ("empty.png", b"", 400, r"^empty\.png: empty file$"),
-    ("notes.txt", b"just some text, no picture", 422, r"^notes\.txt: .*cannot read image"),
-    ("big.png", b"\x89PNG" + bytes(LIMIT), 413, r"^big\.png: too large \(1,000,004 bytes; the limit is 1,000,000\)$"),
-    ("huge é.jpg", bytes(LIMIT + 2 * FORM_SLACK), 413, r"^huge é\.jpg: too large \(.* bytes; the limit is 1,000,000"),
-    ("bomb.png", bomb, 422, r"^bomb\.png: .*(DecompressionBombError|too large to decode)"),
-], ids=["empty", "not-an-image", "too-large", "huge", "too-many-pixels"])
-def test_a_bad_upload_gets_one_line_and_the_server_keeps_serving(server, name, data, status, reason):
-    got, page = post(server.url, name, data() if callable(data) else data)
-    assert got == status and re.search(reason, error_of(page)), page
-    assert get(server.url)[0] == 200
+@pytest.mark.parametrize("name, data, reason", [
+    ("empty.png", b"", r"^empty\.png: empty file$"),
+    ("notes.txt", b"just some text, no picture", r"^notes\.txt: .*cannot read image"),
+    ("bomb.png", bomb, r"^bomb\.png: .*(DecompressionBombError|too large to decode)"),
+], ids=["empty", "not-an-image", "too-many-pixels"])
+def test_a_bad_upload_gets_one_line_and_the_app_keeps_serving(client, photo, tmp_path, name, data, reason):
+    path = tmp_path / name
+    path.write_bytes(data() if callable(data) else data)
+    with pytest.raises(AppError) as refused:
+        caption_via_api(client, path)
+    assert re.search(reason, str(refused.value)) and "\n" not in str(refused.value), refused.value
+    assert_captioned(caption_via_api(client, photo))
 
 
-def test_an_upload_gets_the_caption_of_each_decoding_and_the_drawing(server, trained):
-    status, page = post(server.url, "shape world.png", (trained / "data/world/images/000000.png").read_bytes())
-    assert status == 200, page
-    captions = dict(re.findall(r"<tr><th>(\w+)</th><td class='caption'>([^<]*)</td>", page))
-    assert sorted(captions) == ["beam", "greedy", "hybrid"] and all(c.strip() for c in captions.values())
-    assert 'src="data:image/png;base64,' in page and "Local keywords:" in page and "mean gate" in page
+def test_an_upload_over_the_limit_is_refused_by_size(served, client, photo, tmp_path):
+    """Gradio's upload route refuses it (413) before the model sees it; describe would too."""
+    demo, url = served
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(LIMIT))
+    request = urllib.request.Request(url + "gradio_api/upload", data=_form(big), method="POST",
+                                     headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=30)
+    assert answer.value.code == 413
+    with pytest.raises(BadUpload, match=r"^big\.png: too large \(1,000,004 bytes; the limit is 1,000,000\)$"):
+        demo.describe(str(big))
+    assert_captioned(caption_via_api(client, photo))
 
 
-def test_each_upload_is_read_afresh(server, trained):
-    """The scratch store is reused between uploads, its shards never: ids repeat across calls."""
-    images = server.demo.images
-
-    def embedding(name: str) -> np.ndarray:
-        with images.features([trained / "data/world/images" / name]) as (features, good, _):
-            return features.readers["clip_image"].rows(good, "embeddings")[0]
-
-    first, second, again = embedding("000000.png"), embedding("000001.png"), embedding("000000.png")
-    assert not np.array_equal(first, second) and np.array_equal(first, again)
+def _form(path: Path) -> bytes:
+    return (f'--xyz\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + path.read_bytes() + b"\r\n--xyz--\r\n"
 
 
-def test_an_internal_error_is_one_line_and_logged(server, monkeypatch, caplog):
-    def fail(name, data):
+def test_an_internal_error_is_one_line_and_logged(served, client, photo, monkeypatch, caplog, tmp_path):
+    demo, _ = served
+
+    def fail(upload):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(server.demo, "describe", fail)
-    status, page = post(server.url, "a.png", b"whatever")
-    assert status == 500 and error_of(page).startswith("a.png: could not be captioned")
-    assert "a bug" not in page and "a bug" in caplog.text
+    monkeypatch.setattr(demo, "describe", fail)
+    with pytest.raises(AppError) as refused:
+        caption_via_api(client, photo)
+    assert str(refused.value).startswith(f"{photo.name}: could not be captioned") and "a bug" not in str(refused.value)
+    assert "a bug" in caplog.text
     monkeypatch.undo()
-    assert get(server.url)[0] == 200
+    assert_captioned(caption_via_api(client, photo))
+
+
+def test_the_app_holds_the_model_behind_a_queue_with_analytics_off(served):
+    config = json.loads(urllib.request.urlopen(served[1] + "config", timeout=30).read())
+    assert config["analytics_enabled"] is False
+    (dependency,) = [d for d in config["dependencies"] if d.get("api_name") == API_NAME]
+    assert dependency["queue"] is not False and dependency.get("concurrency_limit", 1) == 1
+    assert "trained on the built-in demo world" in json.dumps(config)  # the model's note, as `caption` says it
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_uploads_in_headless_chromium(served, photo, tmp_path):
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
+                                          "(pip install -e '.[test]')").sync_playwright
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("just some text, no picture")
+    (tmp_path / "big.png").write_bytes(b"\x89PNG" + bytes(LIMIT))
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS + [
+            "--disable-component-update", "--disable-sync", "--no-first-run"])  # playwright's own browser: not here
+        hosts: set[str] = set()
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: hosts.add(urlparse(r.url).hostname or r.url.split(":")[0]))
+            page.goto(served[1])
+            for name, reason in (("empty.png", "empty.png: empty file"), ("notes.txt", "notes.txt: cannot read image"),
+                                 ("big.png", "big.png")):
+                page.set_input_files("#upload input[type=file]", str(tmp_path / name))
+                line = page.get_by_text(re.compile(re.escape(reason))).first
+                line.wait_for(timeout=60_000)
+                assert "\n" not in line.inner_text().strip() and "Traceback" not in page.content()
+                if name != "big.png":  # Gradio refuses the oversized file itself: its own words, naming it
+                    page.locator("#upload button[aria-label='Clear']").first.click()
+            page.reload()
+            page.set_input_files("#upload input[type=file]", str(photo))
+            page.locator("#captions").get_by_text("hybrid").wait_for(timeout=120_000)
+            assert page.locator("#details td.caption").count() == 3
+            drawing = page.locator("#drawing img")
+            drawing.wait_for(timeout=30_000)
+            assert drawing.evaluate("i => i.complete && i.naturalWidth") > 0
+        finally:
+            browser.close()
+    assert hosts <= {"127.0.0.1", "data", "blob"}, hosts  # nothing from the network: no script, style or font
 
 
 def test_help_from_the_command_line():
@@ -166,221 +188,57 @@ def test_help_from_the_command_line():
     assert "--model" in result.stdout and "--max-bytes" in result.stdout
 
 
-def test_the_command_serves_and_prints_its_url(trained, tmp_path):
-    """`python -m pipeline.demo --port 0` in a project: the URL on stdout, the page served there."""
-    command = [sys.executable, "-m", "pipeline.demo", "--port", "0", "--max-bytes", "1000"]
-    stderr = tmp_path / "stderr.txt"  # a file, not a pipe: a full, unread pipe would block the server's logging
-    with stderr.open("w") as errors, subprocess.Popen(command, cwd=trained, stdout=subprocess.PIPE, stderr=errors,
-                                                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}) as process:
+@contextlib.contextmanager
+def running(command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``command`` started (a Gradio app printing its URL as its first line); yields the URL and
+    checks it stops cleanly, as by Ctrl-C, on SIGTERM."""
+    with log.open("w") as errors, subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                                    env={**os.environ, **(env or {})}) as process:
         try:
-            line = process.stdout.readline()
+            line = process.stdout.readline()  # the stderr is a file, not a pipe: a full one would block the app
             url = re.fullmatch(r"graphcap-demo: serving (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops\)\n", line)
-            assert url, line + stderr.read_text()
-            status, page = get(url[1])
-            assert status == 200 and "at most 1,000 bytes" in page
-        finally:
+            assert url, line + log.read_text()
+            yield url[1]
             process.terminate()
-            try:
-                assert process.wait(timeout=30) == 0  # stopped cleanly, as by Ctrl-C
-            finally:
-                process.kill()  # never left behind, whatever failed
+            assert process.wait(timeout=30) == 0, log.read_text()
+        finally:
+            process.kill()  # never left behind, whatever failed
+
+
+def test_the_command_serves_and_prints_its_url(trained, tmp_path):
+    command = [sys.executable, "-m", "pipeline.demo", "--port", str(free_port()), "--max-bytes", "1000"]
+    with running(command, trained, tmp_path / "stderr.txt", {"PYTHONPATH": str(ROOT)}) as url:
+        config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
+        assert "at most 1,000 bytes" in config
+
+
+def test_the_release_runs_as_a_space_outside_the_project(trained, tmp_path, photo):
+    """The release folder copied away, its app.py run as a Space runs it (the bundled code, not
+    the project's): the API gives the caption `graphcap-caption` gives inside the project."""
+    import shutil
+
+    from pipeline.caption import caption_files
+    space = tmp_path / "space"
+    shutil.copytree(trained / "models/release", space)
+    assert (space / "requirements.txt").read_text().count("gradio") == 1
+    env = {"GRADIO_SERVER_PORT": str(free_port()), "PYTHONPATH": ""}
+    with running([sys.executable, "app.py"], space, tmp_path / "stderr.txt", env) as url:
+        _, captions, _ = caption_via_api(Client(url, verbose=False), photo)
+    with contextlib.chdir(trained):
+        (expected,) = caption_files([photo], trained / "models/release", load_params(trained / "params.yaml"), "cpu")
+    assert captions[load_params(trained / "params.yaml").evaluate.decode.method] == expected["caption"]
 
 
 def test_a_missing_model_is_one_line(trained, monkeypatch, capsys):
     monkeypatch.chdir(trained)
-    assert main(["--model", "nowhere", "--port", "0"]) == 2
+    assert main(["--model", "nowhere", "--port", str(free_port())]) == 2
     assert capsys.readouterr().err.strip().startswith("graphcap-demo: ")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
-def test_a_real_photo_uploaded_in_headless_chromium(server):
-    sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
-                                          "(pip install -e '.[test]')").sync_playwright
-    photo = real_photos()[0]
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS + [
-            "--disable-component-update", "--disable-sync", "--no-first-run"])  # playwright's own browser: not here
-        try:
-            page = browser.new_page()
-            page.goto(server.url)
-            page.set_input_files("input[name=image]", str(photo))
-            with page.expect_navigation(timeout=120_000):
-                page.click("button[type=submit]")
-            assert page.locator("#error").count() == 0, page.content()
-            assert [t.strip() != "" for t in page.locator("td.caption").all_inner_texts()] == [True] * 3
-            assert page.locator("body").get_attribute("data-images-loaded") == "1/1"  # the drawing decoded
-            drawing = page.locator("section img")
-            assert drawing.evaluate("i => i.naturalWidth") > 0
-        finally:
-            browser.close()
-
-
-def head(length: int | str | None = None, path: str = "/", boundary: str = BOUNDARY) -> bytes:
-    """A POST's request line and headers; ``length`` None: no Content-Length."""
-    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: multipart/form-data; boundary={boundary}"]
-    lines += [] if length is None else [f"Content-Length: {length}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def connect(server: DemoServer) -> socket.socket:
-    return socket.create_connection(server.server_address[:2], timeout=10)
-
-
-def answer(sock: socket.socket) -> tuple[int, str]:
-    """(status, page) of the answer on ``sock``, read until the server closes the connection."""
-    data = b""
-    with contextlib.suppress(ConnectionResetError):  # the server closed on unread bytes: what came first counts
-        while chunk := sock.recv(2**16):
-            data += chunk
-    status = re.match(rb"HTTP/1\.[01] (\d{3}) ", data)
-    assert status, data[:300]
-    return int(status[1]), data.partition(b"\r\n\r\n")[2].decode()
-
-
-def exchange(server: DemoServer, request: bytes) -> tuple[int, str]:
-    """(status, page) of ``request`` sent whole on a connection of its own."""
-    with connect(server) as sock:
-        sock.sendall(request)
-        return answer(sock)
-
-
-def still_serving(server: DemoServer, photo: Path) -> None:
-    """A real image, uploaded as a browser does, is captioned within a few seconds."""
-    began = time.monotonic()
-    status, page = post(server.url, photo.name, photo.read_bytes(), timeout=10)
-    assert status == 200 and page.count("class='caption'") == 3, page
-    assert time.monotonic() - began < 10
-
-
-@pytest.mark.parametrize("cut", [len(head(1)) + 5, 20], ids=["trickled-body", "trickled-headers"])
-def test_a_client_sending_too_slowly_gets_408_and_frees_its_thread(server, photo, monkeypatch, caplog, cut):
-    """A byte every 0.25 s would keep each read alive for ever: the request's one deadline ends it."""
-    caplog.set_level(logging.INFO, logger="pipeline.demo_server")
-    monkeypatch.setattr(server.demo, "upload_seconds", 2.0)
-    body = form("slow.png", bytes(200))
-    request = head(len(body)) + body
-    began = time.monotonic()
-    with connect(server) as sock:
-        client = f"127.0.0.1:{sock.getsockname()[1]} "
-        sock.sendall(request[:cut])
-        for byte in request[cut:]:
-            if select.select([sock], [], [], 0.25)[0]:  # answered
-                break
-            sock.sendall(bytes([byte]))
-        status, page = answer(sock)  # to the server's close: never waits for the socket's timeout
-    assert status == 408 and error_of(page) == "the request did not arrive within 2 s: send it again"
-    assert 2 <= time.monotonic() - began < 4
-    monkeypatch.undo()
-    still_serving(server, photo)
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(client)]
-    assert lines == [f'{client}"POST / HTTP/1.1" 408 - (the request did not arrive within 2 s: send it again)']
-
-
-def test_one_client_too_many_gets_503_at_once(server, photo):
-    """Two clients sending half a request hold both places of a 2-client server; a third gets 503
-    at once (no thread waiting for a place), and once they leave the server serves again."""
-    with serving(server.demo, max_clients=2) as small:
-        holders = [connect(small) for _ in range(2)]
-        for holder in holders:
-            holder.sendall(b"POST / HTTP/1.1\r\n")
-        began = time.monotonic()
-        status, page = exchange(small, b"GET / HTTP/1.0\r\n\r\n")
-        assert status == 503 and time.monotonic() - began < 2
-        assert error_of(page) == "the demo is busy (2 requests at once): try again in a moment"
-        for holder in holders:
-            holder.close()
-        deadline = time.monotonic() + 5
-        while get(small.url)[0] == 503 and time.monotonic() < deadline:  # the holders' threads are ending
-            time.sleep(0.05)
-        still_serving(small, photo)
-
-
-def test_a_declared_length_over_the_limit_is_refused_before_the_body(server, photo):
-    """A petabyte declared, not a byte of it sent: 413 at once, nothing allocated or waited for."""
-    began = time.monotonic()
-    with connect(server) as sock:
-        sock.sendall(head(10**15))
-        status, page = answer(sock)
-    assert status == 413 and time.monotonic() - began < 2
-    assert error_of(page) == "the upload: too large (1,000,000,000,000,000 bytes; the limit is 1,000,000)"
-    still_serving(server, photo)
-
-
-@pytest.mark.parametrize("length, status, reason", [
-    ("many", 400, "Content-Length 'many' is not a number of bytes"),
-    ("-5", 400, "Content-Length '-5' is not a number of bytes"),
-    ("1e3", 400, "Content-Length '1e3' is not a number of bytes"),
-    (None, 411, "the upload has no Content-Length (send the form as a browser does; a chunked body is not read)"),
-], ids=["not-a-number", "negative", "float", "missing"])
-def test_a_bad_content_length_gets_one_line(server, photo, length, status, reason):
-    body = form("a.png", b"whatever")
-    got, page = exchange(server, head(length) + body)
-    assert got == status and error_of(page) == html.escape(reason)
-    still_serving(server, photo)
-
-
-ANOTHER = "the form's body does not use the boundary its Content-Type names"
-
-
-@pytest.mark.parametrize("body, reason", [
-    (form("a.png", b"whatever", boundary="----anotherBoundary"), ANOTHER),
-    (form("a.png", b"whatever", boundary=BOUNDARY + "X"), ANOTHER),  # the header's boundary is a prefix of it
-    (form("a.png", b"whatever").removesuffix(f"\r\n--{BOUNDARY}--\r\n".encode()),
-     "the form's body is cut short (its closing boundary is missing)"),
-], ids=["another-boundary", "a-longer-boundary", "no-closing-boundary"])
-def test_a_body_not_delimited_by_its_boundary_gets_400(server, photo, body, reason):
-    status, page = exchange(server, head(len(body)) + body)
-    assert status == 400 and error_of(page) == html.escape(reason)
-    still_serving(server, photo)
-
-
-@pytest.mark.parametrize("how", ["closes-mid-body", "resets-mid-body", "resets-before-the-answer"])
-def test_a_client_that_goes_away_is_one_line_in_the_log(server, photo, caplog, capsys, how):
-    caplog.set_level(logging.INFO, logger="pipeline.demo_server")
-    body = form("notes.txt", b"no picture") if how.endswith("answer") else form(photo.name, photo.read_bytes())
-    request = head(len(body)) + body
-    with connect(server) as sock:
-        client = f"127.0.0.1:{sock.getsockname()[1]} "
-        sock.sendall(request if how.endswith("answer") else request[:len(request) // 2])
-        if how.startswith("resets"):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST, not FIN
-    still_serving(server, photo)  # and by then that client's thread has long ended
-    lines = [r for r in caplog.records if r.name == "pipeline.demo_server" and r.getMessage().startswith(client)]
-    dropped = [r.getMessage() for r in lines if r.levelno == logging.WARNING]
-    assert len(dropped) == 1 and "client error, connection dropped: " in dropped[0], [r.getMessage() for r in lines]
-    assert len(lines) == (2 if how.endswith("answer") else 1)  # with the answer's own line, when one was sent
-    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in lines)
-    assert "Traceback" not in caplog.text + capsys.readouterr().err
-
-
-def test_control_bytes_of_a_request_are_escaped_in_the_log(server, photo, caplog):
-    """In the path, in a header and in the file name: each logged as its escape."""
-    caplog.set_level(logging.INFO, logger="pipeline.demo_server")
-    assert exchange(server, f"GET /{EVIL} HTTP/1.0\r\n\r\n".encode("latin-1"))[0] == 404
-    assert exchange(server, head(f"1{EVIL}") + b"x")[0] == 400
-    body = form(f"notes{EVIL}.txt", b"no picture")
-    assert exchange(server, head(len(body)) + body)[0] == 422
-    still_serving(server, photo)
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.demo_server"]
-    assert all(line.isprintable() for line in lines), lines
-    assert sum(r"\x1b[2J\x07\x08\x7f" in line for line in lines) == 3, lines
-
-
-def test_a_port_out_of_range_is_one_argparse_error(server, photo, capsys):
-    for port in ("99999", "-1", "http"):
-        with pytest.raises(SystemExit) as exit:
-            main(["--port", port])
-        err = capsys.readouterr().err
-        assert exit.value.code == 2 and "Traceback" not in err
-        assert err.splitlines()[-1].endswith(f"--port: {port!r} is not a port (1..65535, or 0 for any free one)")
-    still_serving(server, photo)
-
-
-def test_a_busy_port_is_one_line_and_its_server_keeps_serving(server, trained, photo, monkeypatch, capsys):
-    """A second demo on the first one's port: said at once (before a model loads), the first undisturbed."""
+def test_a_busy_port_is_one_line_and_its_app_keeps_serving(served, client, trained, photo, monkeypatch, capsys):
     monkeypatch.chdir(trained)
-    port = server.server_address[1]
-    assert main(["--model", "nowhere", "--port", str(port)]) == 2
-    assert capsys.readouterr().err == (f"graphcap-demo: OSError: cannot listen on 127.0.0.1:{port}: the port is in use "
-                                       "(by another server? --port 0 takes any free one)\n")
-    still_serving(server, photo)
+    port = urlparse(served[1]).port
+    assert main(["--model", str(trained / "models/captioner"), "--port", str(port)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("graphcap-demo: OSError: ") and str(port) in line, line
+    assert_captioned(caption_via_api(client, photo))

@@ -1,6 +1,6 @@
 """Fuzzed user inputs end in a result or in the one line of error that `run_command` prints,
-never in a traceback or a hang: params files, Karpathy data-set JSONs, model folders and the demo
-server's uploads, each mutated from a valid one. Derandomized, so CI sees the same cases."""
+never in a traceback or a hang: params files, Karpathy data-set JSONs and model folders, each
+mutated from a valid one. Derandomized, so CI sees the same cases."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +13,6 @@ import pickle
 import shutil
 import sys
 import tempfile
-from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,12 @@ from PIL import Image
 from pipeline import verify
 from pipeline.app import one_line
 from pipeline.datasets import SplitConfig, TextConfig, build_manifest
-from pipeline.demo_server import BadUpload, parse_upload
 from pipeline.params import Params, ParamsError, load_params
 from tests.helpers import tiny_captioner
 from train.model import load_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {"params": 400, "verify": 20, "dataset": 400, "model": 200, "upload": 600}
+CASES = {"params": 400, "verify": 20, "dataset": 400, "model": 200}
 TOTAL_CASES = sum(CASES.values())  # docs/testing.md quotes it
 
 
@@ -235,50 +233,3 @@ def test_a_model_folder_loads_or_is_one_line_naming_it(data, model_folder):
         except (ValueError, OSError) as err:
             assert_one_line(err, str(folder))
 
-
-# ---- 4. the demo server's multipart bodies ----
-
-LATIN1 = st.text(st.characters(max_codepoint=255), max_size=40)  # http.server decodes headers as latin-1
-BOUNDARIES = (st.from_regex(r"-{4,27}[0-9A-Za-z]{8,16}", fullmatch=True)  # as browsers make them
-              | st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=70) | LATIN1)
-
-
-def _form(boundary: str, filename: bytes | None, payload: bytes) -> bytes:
-    named = b'; filename="' + filename + b'"' if filename is not None else b""
-    return (f"--{boundary}\r\n".encode("latin-1") + b'Content-Disposition: form-data; name="image"' + named
-            + b"\r\nContent-Type: image/png\r\n\r\n" + payload + f"\r\n--{boundary}--\r\n".encode("latin-1"))
-
-
-@st.composite
-def uploads(draw) -> tuple[str, bytes]:
-    """A browser's form, then mismatched boundaries, CRLFs lost, junk, a huge header line, cuts."""
-    boundary = draw(BOUNDARIES)
-    names = st.none() | st.binary(max_size=30).map(lambda b: b.replace(b'"', b"").replace(b"\r", b""))
-    body = _form(boundary, draw(st.just(b"photo.png") | names), draw(st.binary(max_size=200)))
-    spoken = draw(st.sampled_from([boundary] * 3) | BOUNDARIES)  # mostly the body's own
-    templates = ["multipart/form-data; boundary={}"] * 4 + ['multipart/form-data; boundary="{}"',
-                                                           "multipart/form-data", "text/plain; boundary={}"]
-    template = draw(st.sampled_from([*templates, None]))
-    content_type = draw(LATIN1) if template is None else template.format(spoken)
-    edit = draw(st.sampled_from(["keep", "keep", "crlf", "header", "junk", "cut", "random"]))
-    if edit == "crlf":
-        body = body.replace(b"\r\n", b"\n", draw(st.integers(1, 4)))
-    elif edit == "header":
-        body = body.replace(b"\r\n", b"\r\nX-Junk: " + b"a" * 100_000 + b"\r\n", 1)
-    elif edit == "random":
-        body = draw(st.binary(max_size=300))
-    elif edit in ("cut", "junk"):
-        at = draw(st.integers(0, len(body)))
-        body = body[:at] + (draw(st.binary(min_size=1, max_size=16)) + body[at:] if edit == "junk" else b"")
-    return content_type, body
-
-
-@fuzz("upload")
-@given(upload=uploads())
-def test_an_upload_parses_or_is_a_4xx_line(upload):
-    try:
-        name, payload = parse_upload(*upload)
-        assert isinstance(name, str) and isinstance(payload, bytes)
-    except BadUpload as err:
-        assert 400 <= err.status < 500 and err.status != HTTPStatus.INTERNAL_SERVER_ERROR
-        assert_one_line(err, "")
