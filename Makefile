@@ -49,7 +49,7 @@ studies: $(STAMP) java
 	@cat studies/results/ablations.md
 
 paper-check: $(STAMP) java
-	$(BIN)/python -m pipeline.paper_check
+	$(BIN)/python -m tools.paper_check
 
 # two processes, each test file on one of them (a file's module fixtures are built once): the e2e
 # file's `dvc repro` runs wait on subprocesses much of the time, which the other process uses

@@ -3,7 +3,7 @@
     python benchmarks/caption.py --model PROJECT/models/release [--photos 200] [--precision fp32]
 
 ``--model``: a self-contained release folder (its params.yaml names the extractors), for the
-paper's sizes the one `python -m pipeline.paper_check --keep` leaves in its project. The photos
+paper's sizes the one `python -m tools.paper_check --keep` leaves in its project. The photos
 are the real ones of ../shared/data/real_sample, each also mirrored, shrunk and cropped until
 there are ``--photos`` distinct files (written to a temporary folder). Figures:
 - the command as a user runs it (a subprocess in another folder, `--jsonl`): wall seconds for
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import ImageOps
 from torch.utils.data import DataLoader
 from torchvision.transforms.functional import to_tensor
 
@@ -42,8 +42,8 @@ from features.images import load_rgb  # noqa: E402
 from features.precision import autocast  # noqa: E402
 from pipeline.app import project_of, start  # noqa: E402
 from pipeline.caption import NewImages, own_params  # noqa: E402
-from pipeline.paper_check import find_real_sample  # noqa: E402
 from pipeline.params import Params  # noqa: E402
+from tools.paper_check import find_real_sample  # noqa: E402
 from train.data import Images, collate  # noqa: E402
 from train.decode import decode  # noqa: E402
 

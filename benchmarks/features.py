@@ -26,6 +26,7 @@ from torchvision.transforms.functional import to_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from corpus.datasets import image_paths  # noqa: E402
 from features.clip import encode_images, load_clip  # noqa: E402
 from features.config import KnnConfig  # noqa: E402
 from features.detection import pad_regions  # noqa: E402
@@ -33,7 +34,6 @@ from features.detectors import detect_regions, load_detector  # noqa: E402
 from features.images import image_batches, load_rgb  # noqa: E402
 from features.knn import knn_graphs  # noqa: E402
 from pipeline.app import load_manifest  # noqa: E402
-from pipeline.datasets import image_paths  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
 

@@ -50,12 +50,12 @@ from features.knn import knn_graphs  # noqa: E402
 from features.precision import native_bf16  # noqa: E402
 from features.store import shard_path, shard_slices, write_shard  # noqa: E402
 from pipeline import extract  # noqa: E402
-from pipeline.paper_check import build_weights  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
+from tools.paper_check import build_weights  # noqa: E402
 from train.data import CachedFeatures, CaptionPairs, StoreSpec, collate  # noqa: E402
 from train.distributed import GlobalBatches, World  # noqa: E402
 from train.model import Captioner, FeatureDims, load_gpt2  # noqa: E402
-from train.trainer import Objective, mixed_precision, set_phase, train_epoch  # noqa: E402
+from train.trainer import Objective, Phase, mixed_precision, set_phase, train_epoch  # noqa: E402
 
 CAPTIONS = ["a man riding a wave on top of a surfboard", "two dogs play with a red ball on the grass",
             "a plate of food with broccoli and rice", "a red bus parked on the side of a street",
@@ -168,7 +168,7 @@ def paper_model(params: Params, region_dim: int, device: torch.device) -> Captio
     torch.manual_seed(0)
     model = Captioner(params.model, dims, gpt2, tokenizer, torch.randn(dims.scene_bank, 512), torch.randn(91, 512),
                       tail)
-    set_phase(model, 2)  # phase 2: GPT-2 trains too (the heavier step)
+    set_phase(model, Phase.FULL)  # GPT-2 trains too (the heavier step)
     return model.to(device).train()
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from corpus.datasets import read_manifest, write_manifest  # noqa: E402
 from pipeline.app import load_manifest  # noqa: E402
-from pipeline.datasets import read_manifest, write_manifest  # noqa: E402
 from pipeline.training import training_view  # noqa: E402
 
 WAYS = ("whole", "training_view")

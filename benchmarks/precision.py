@@ -39,8 +39,8 @@ from features.images import load_rgb  # noqa: E402
 from features.knn import knn_graphs  # noqa: E402
 from pipeline import extract  # noqa: E402
 from pipeline.app import load_manifest  # noqa: E402
-from pipeline.paper_check import build_weights, find_real_sample  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
+from tools.paper_check import build_weights, find_real_sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results/precision.json"
 CPU = torch.device("cpu")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.scale import GIT, run_step  # noqa: E402
-from pipeline.paper_check import copy_project  # noqa: E402
+from tools.paper_check import copy_project  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results/precision_seeds.json"
 METRICS = {"BLEU-4": "BLEU-4", "CIDEr": "CIDEr", "object P": "world/object_precision",

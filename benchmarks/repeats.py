@@ -19,10 +19,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from corpus.datasets import scorable  # noqa: E402
 from eval.metrics import cider  # noqa: E402
 from eval.world_truth import world_scores  # noqa: E402
 from pipeline.app import load_manifest  # noqa: E402
-from pipeline.datasets import scorable  # noqa: E402
 from pipeline.model_inputs import open_features, split_indices  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 from pipeline.paths import CAPTIONER  # noqa: E402

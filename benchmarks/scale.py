@@ -3,6 +3,8 @@ COCO's 123,287 images, each step timed, its memory and the bytes on disk recorde
 
     python benchmarks/scale.py [--images 2000 20000 123287] [--work DIR] [--keep]
     python benchmarks/scale.py --table      # scale.json as a markdown table (and the plot redrawn)
+    python benchmarks/scale.py --images 2000 123287 --until train --set model.region_features=detector \
+        --results scale_train.json            # only the steps up to train, with a parameter changed
 
 For each size a temporary copy of this project gets a demo world with COCO's split proportions
 (5,000 val and 5,000 test images at full size), the demo's params.yaml with one training epoch,
@@ -34,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.paper_check import copy_project  # noqa: E402
+from tools.paper_check import copy_project  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results"
 COCO_IMAGES, COCO_HELD_OUT = 123_287, 5_000  # Karpathy splits: 5,000 val and 5,000 test images
@@ -84,14 +86,22 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def make_project(project: Path, images: int) -> None:
-    """A copy of this project with a demo world of ``images`` images, one epoch, a git repository
-    and a local-folder DVC remote beside it."""
+def make_project(project: Path, images: int, changes: dict[str, object]) -> None:
+    """A copy of this project with a demo world of ``images`` images, one epoch, the parameters
+    ``changes`` names ("section.key" → value), a git repository and a local-folder DVC remote beside it."""
     project.mkdir(parents=True)
     copy_project(project)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["world"].update(world_splits(images))
     params["train"].update(phase1_epochs=0, phase2_epochs=1)  # one epoch, GPT-2 trained too
+    for dotted, value in changes.items():
+        *sections, key = dotted.split(".")
+        place = params
+        for section in sections:
+            place = place[section]
+        if key not in place:
+            raise SystemExit(f"scale: --set {dotted}: no such key in params.yaml")
+        place[key] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "scale benchmark"]):
         subprocess.run(GIT + command, cwd=project, check=True)
@@ -99,12 +109,19 @@ def make_project(project: Path, images: int) -> None:
                     str(project.parent / "remote")], cwd=project, check=True, capture_output=True)
 
 
-def steps(project: Path) -> list[tuple[str, list[str], Path]]:
-    """(name, command, folder) of every measured step, in order."""
+def steps(project: Path, until: str | None = None) -> list[tuple[str, list[str], Path]]:
+    """(name, command, folder) of every measured step, in order; with ``until``, the main job's
+    steps up to that one (and no checks after it). region_clip only where the parameters extract it."""
     bin_dir = Path(sys.executable).parent
     dvc, clone = str(bin_dir / "dvc"), project.parent / "clone"
-    return [("world", [dvc, "repro", "-s", "data/dvc.yaml:world"], project),
-            *[(step, [dvc, "repro", "-s", STAGE.get(step, step)], project) for step in MAIN_JOB],
+    optional = yaml.safe_load((project / "params.yaml").read_text())["store"]["optional_kinds"]
+    job = [step for step in MAIN_JOB if step not in STAGE or step in optional]
+    job = job[:job.index(until) + 1] if until else job
+    main_job = [("world", [dvc, "repro", "-s", "data/dvc.yaml:world"], project),
+                *[(step, [dvc, "repro", "-s", STAGE.get(step, step)], project) for step in job]]
+    if until:
+        return main_job
+    return [*main_job,
             ("verify", [str(bin_dir / "graphcap-verify")], project),
             ("noop_repro", [dvc, "repro"], project),
             ("status", [dvc, "status"], project),
@@ -119,13 +136,14 @@ def clone_project(project: Path, clone: Path) -> None:
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
 
 
-def measure(images: int, work: Path, save: Callable[[dict], object]) -> dict:
+def measure(images: int, work: Path, save: Callable[[dict], object], changes: dict[str, object],
+            until: str | None) -> dict:
     """Every step at one size; the project is left in ``work``. ``save`` gets the record after
     each step, so a run cut off at 123k images keeps the steps it finished."""
     project = work / "project"
-    make_project(project, images)
+    make_project(project, images, changes)
     record = {"steps": {}}
-    for name, command, cwd in steps(project):
+    for name, command, cwd in steps(project, until):
         if name == "pull":
             clone_project(project, cwd)
         print(f"[{images} images] {name} ...", flush=True)
@@ -133,6 +151,8 @@ def measure(images: int, work: Path, save: Callable[[dict], object]) -> dict:
         print(f"[{images} images] {name}: {record['steps'][name]['seconds']:.1f} s, "
               f"{record['steps'][name]['peak_rss_mb']:.0f} MB", flush=True)
         save(record)
+    if until:
+        return record
     cache = project / ".dvc/cache"
     record["disk"] = {"workspace": folder_bytes(project) - folder_bytes(cache), "dvc_cache": folder_bytes(cache),
                       "remote": folder_bytes(work / "remote"), "images": folder_bytes(project / "data/world"),
@@ -141,7 +161,7 @@ def measure(images: int, work: Path, save: Callable[[dict], object]) -> dict:
     return record
 
 
-def write_results(runs: dict[int, dict]) -> Path:
+def write_results(runs: dict[int, dict], name: str = "scale.json") -> Path:
     """scale.json in the issue's form (one list entry per size, ascending) plus the disk detail."""
     sizes = sorted(runs)
     names = list(dict.fromkeys(name for size in sizes for name in runs[size]["steps"]))
@@ -154,14 +174,14 @@ def write_results(runs: dict[int, dict]) -> Path:
         "machine": f"{os.cpu_count()} CPU cores, no GPU",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "scale.json"
+    path = RESULTS / name
     path.write_text(json.dumps(table, indent=1) + "\n")
     return path
 
 
-def load_runs() -> dict[int, dict]:
+def load_runs(name: str = "scale.json") -> dict[int, dict]:
     """Sizes measured before, back in the per-size form."""
-    path = RESULTS / "scale.json"
+    path = RESULTS / name
     if not path.exists():
         return {}
     table = json.loads(path.read_text())
@@ -223,27 +243,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="where the temporary projects go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep each size's project, remote and clone")
     parser.add_argument("--table", action="store_true", help="print scale.json as a markdown table and redraw the plot; run nothing")
+    parser.add_argument("--until", choices=MAIN_JOB, help="measure the main job up to this step only")
+    parser.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                        help="parameters changed from params.yaml (values read as YAML)")
+    parser.add_argument("--results", default="scale.json", help="the results file under benchmarks/results/")
     args = parser.parse_args(argv)
-    runs = load_runs()
+    changes = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
+    runs = load_runs(args.results)
     if args.table:
         print(table(runs))
-        if len(runs) >= 2:
+        if len(runs) >= 2 and args.results == "scale.json":  # scale.png: the whole main job's plot
             plot(runs)
         return 0
     for images in args.images:
         work = Path(tempfile.mkdtemp(prefix=f"graphcap-scale-{images}-", dir=args.work))
         started = time.perf_counter()
         try:
-            runs[images] = measure(images, work, lambda record: write_results({**runs, images: record}))
+            runs[images] = measure(images, work, lambda record: write_results({**runs, images: record}, args.results),
+                                   changes, args.until)
         except RuntimeError as err:
             print(f"scale: FAILED at {images} images: {err}\n(kept: {work})", file=sys.stderr)
             return 1
         print(f"[{images} images] all steps: {(time.perf_counter() - started) / 60:.1f} min; "
-              f"wrote {write_results(runs)}", flush=True)
+              f"wrote {write_results(runs, args.results)}", flush=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     if len(runs) >= 2:
-        plot(runs)
+        if args.results == "scale.json":
+            plot(runs)
         for name, slope in slopes(runs).items():
             print(f"  {name:<16} slope {slope:5.2f}")
     return 0

@@ -34,11 +34,12 @@ from benchmarks.gpu_check import (  # noqa: E402
 )
 from features.precision import autocast  # noqa: E402
 from pipeline import extract  # noqa: E402
-from pipeline.paper_check import build_weights  # noqa: E402
+from tools.paper_check import build_weights  # noqa: E402
+from train.data import Batch  # noqa: E402
 from train.trainer import Objective, mixed_precision, train_epoch  # noqa: E402
 
 
-def pure_steps(objective: Objective, batches: list[dict], optimizer: torch.optim.Optimizer, precision: str,
+def pure_steps(objective: Objective, batches: list[Batch], optimizer: torch.optim.Optimizer, precision: str,
                device: torch.device) -> None:
     """Forward, backward and AdamW step on each batch (already on ``device``), nothing else."""
     for batch in batches:
@@ -52,7 +53,7 @@ def pure_steps(objective: Objective, batches: list[dict], optimizer: torch.optim
 def measure(params, regions: dict, device: torch.device, steps: int, precisions: list[str], folder: Path) -> list[str]:
     model, fed, features = paper_training(params, regions, device, steps, folder)
     batches = list(FirstBatches(fed, steps))
-    on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    on_device = [b.to(device) for b in batches]
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
     lines = []
     for precision in precisions:

@@ -108,14 +108,15 @@ COLUMNS = (("BLEU-4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE-L", "ROUGE-L"), (
 
 @dataclass(frozen=True)
 class AblationConfig:
-    """Every key is documented in params.yaml (section ``ablation``)."""
+    """Section ``ablation`` of the parameters; each field's comment documents its key."""
 
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    phase1_epochs: int = 1  # a shorter schedule than the main model's: rows are compared with each other
-    phase2_epochs: int = 5
-    labelled_fraction: float = 0.1  # labelled_subset / semi_supervised: share of training images with captions
-    scst_epochs: int = 2  # semi_supervised, gat_msg_scst: SCST epochs after the two phases
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # rows: eval/ablation.py VARIANTS (paper Tables
+    #   5-6 + related captioners)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each row is the mean ± std over these training seeds
+    phase1_epochs: int = 1  # a shorter schedule than `train` (the rows are compared with each other,
+    phase2_epochs: int = 5  # not with the main model); other train.* and model.* keys apply as set
+    labelled_fraction: float = 0.1  # labelled_subset, semi_supervised: share of training images with captions
+    scst_epochs: int = 2  # semi_supervised (CLIP reward, on the other images), gat_msg_scst (CIDEr-D): SCST epochs
 
     def __post_init__(self) -> None:
         for name in self.variants:  # fail at load time, not an hour into `dvc repro`

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Every key is documented in params.yaml (section ``report``)."""
+    """Section ``report`` of the parameters; each field's comment documents its key."""
 
-    n_images: int = 12  # test images shown (the first of the split, in manifest order)
-    image_px: int = 384  # each drawing's side
-    top_keywords: int = 5
+    n_images: int = 12  # the first N images of evaluate.split
+    image_px: int = 384  # side of each drawing
+    top_keywords: int = 5  # global and local keywords listed per image

@@ -49,11 +49,11 @@ def relation_ranking(model: Captioner, dataset, extras: Sequence[Mapping[str, An
     right = pairs = 0
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     for start, batch in zip(range(0, len(dataset), batch_size), loader):
-        questions = [relation_questions(extra) for extra in extras[start:start + len(batch["clip"])]]
+        questions = [relation_questions(extra) for extra in extras[start:start + len(batch.clip)]]
         asked = torch.tensor([len(q) * len(RELATIONS) for q in questions], device=device)  # captions per image
         if not asked.any():
             continue
-        prefix = model.prefix({k: v.to(device) for k, v in batch.items()}).embeddings  # (B, L_p, h)
+        prefix = model.prefix(batch.to(device)).embeddings  # (B, L_p, h)
         texts = [text for image in questions for candidates, _ in image for text in candidates]
         scores = caption_log_likelihoods(model, prefix.repeat_interleave(asked, dim=0), texts, max_tokens)
         truth = torch.tensor([t for image in questions for _, t in image], device=device)

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from eval.error_analysis import html_tables
 from features.images import load_rgb, original_size
 from train.config import DecodeConfig
-from train.data import CachedFeatures, Images, collate
+from train.data import Batch, CachedFeatures, Images, collate
 from train.decode import SEARCHES, TextEncoder, decode
 from train.model import Captioner
 
@@ -48,12 +48,12 @@ class ReportItem:
 
 
 @torch.no_grad()
-def explain(model: Captioner, batch: dict[str, torch.Tensor], scene_words: list[str], object_words: list[str],
+def explain(model: Captioner, batch: Batch, scene_words: list[str], object_words: list[str],
             top: int) -> list[Explanation]:
     """Per image of a collated batch: GAT attention, scene attention, local keywords and gate."""
     model.eval()
     prefix = model.prefix(batch)
-    counts = torch.bincount(batch["node_batch"], minlength=len(batch["clip"])).tolist()
+    counts = torch.bincount(batch.node_batch, minlength=len(batch.clip)).tolist()
     offsets = np.cumsum([0] + counts[:-1])
     alpha_src = alpha_dst = alpha = None
     if model.gat is not None:
@@ -70,7 +70,7 @@ def explain(model: Captioner, batch: dict[str, torch.Tensor], scene_words: list[
         if prefix.local_attention is not None:  # model.local_text graph: the keywords the nodes attend to
             local = _top_words(prefix.local_attention[b], object_words, top)
         else:
-            local = _region_keywords(batch["keyword_ids"][b], batch["keyword_scores"][b], object_words, top)
+            local = _region_keywords(batch.keyword_ids[b], batch.keyword_scores[b], object_words, top)
         gate = float(prefix.gate[b].mean()) if prefix.gate is not None else None
         out.append(Explanation(received, edges, scene, local, gate))
     return out
@@ -98,7 +98,7 @@ def report_items(model: Captioner, config: Mapping[str, Any], features: CachedFe
     shows of a test image and the demo of an upload. ``cfg``'s re-ranking picks among beams, so
     greedy decoding goes without it; ``encode`` is CLIP's text tower for ``rerank: clip``."""
     items = Images(features, indices).__getitems__(list(range(len(indices))))
-    batch = {k: v.to(device) for k, v in collate(items).items()}
+    batch = collate(items).to(device)
     explanations = explain(model, batch, config["scene_words"], config["object_words"], top)
     captions = {m: decode(model, batch, dataclasses.replace(cfg, method=m, rerank=cfg.rerank if m != "greedy"
                                                             else "none"), encode) for m in SEARCHES}

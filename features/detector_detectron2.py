@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from features.config import DetectorConfig
-from features.detection import Regions, load_class_names, detect_by_shape, select_regions
+from features.detection import Regions, detect_by_shape, load_class_names, select_regions
 from features.precision import run_parts_at
 from features.weights import load_state_dict
 

@@ -27,7 +27,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from features.config import DetectorConfig
-from features.detection import Regions, load_class_names, detect_by_shape, select_regions
+from features.detection import Regions, detect_by_shape, load_class_names, select_regions
 from features.precision import run_parts_at
 from features.weights import load_state_dict
 

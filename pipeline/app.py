@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -15,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from corpus.datasets import read_manifest
 from features.errors import ImageError, StoreError
 from pipeline import runtime
-from pipeline.datasets import read_manifest
 from pipeline.params import Params, load_params
 from pipeline.paths import MANIFEST
 from pipeline.weights import localise
@@ -147,22 +146,3 @@ def load_manifest(path: Path = MANIFEST, keep: Callable[[dict], dict] | None = N
         return read_manifest(path, keep)
     except (json.JSONDecodeError, KeyError) as err:
         raise ValueError(f"{path}: not a manifest ({err!r}); run the prepare stage again") from err
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic, strict JSON write: a NaN (a figure with nothing to measure, e.g. the accuracy of
-    relations when no caption states one) is written as null, which every JSON reader accepts."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_nan_to_null(data), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
-def _nan_to_null(data: Any) -> Any:
-    if isinstance(data, float) and math.isnan(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _nan_to_null(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_nan_to_null(v) for v in data]
-    return data

@@ -31,6 +31,7 @@ import transformers
 
 from features.images import file_problem
 from features.precision import PRECISIONS, autocast
+from features.shards import for_each_shard
 from features.store import check_provenance
 from pipeline.app import project_of, remove_on_stop, run_command, start, stopping_on_signals
 from pipeline.extract import IMAGE_FEATURES
@@ -39,7 +40,6 @@ from pipeline.params import Params
 from pipeline.paths import CAPTIONER, keyword_banks
 from pipeline.provenance import expected, stored_kinds
 from pipeline.runtime import device_of
-from pipeline.shards import for_each_shard
 from train.data import CachedFeatures, Images, StoreSpec
 from train.decode import METHODS, caption_images
 from train.model import load_captioner, model_folder, read_config
@@ -120,7 +120,7 @@ class NewImages:
                        for i, path in enumerate(paths)]
             manifest = {"image_root": "/", "images": entries}
             for kind, compute in self.computes.items():
-                for_each_shard(self.scratch, manifest, kind, self.records[kind], compute, summarize=False)
+                for_each_shard(self.scratch.store, manifest, kind, self.records[kind], compute, summarize=False)
             spec = StoreSpec(self.store, self.params.store.shard_size, [e["id"] for e in entries], self.records,
                              self.params.store.max_open_shards)
             features = CachedFeatures(spec, with_tokens=self.model.clip_tail is not None, with_text=False,

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from corpus.datasets import scorable
 from eval.clipscore import clip_scores
 from eval.error_analysis import Detections, analyse
 from eval.metrics import cider, coco_scores, spice_unavailable_reason
 from eval.relation_ranking import relation_ranking
 from eval.world_truth import world_scores
 from features.detection import load_class_names
+from features.files import write_json
 from features.store import check_provenance
-from pipeline.app import write_json
-from pipeline.datasets import scorable
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
 from pipeline.provenance import expected

@@ -1,8 +1,8 @@
 """The per-image feature computations, one factory per stored kind: the feature stages and the
 `caption` command both run these, so new images get exactly the features the model was trained on.
 
-Each factory loads its frozen model once and returns a :data:`~pipeline.shards.Compute`
-for :func:`~pipeline.shards.for_each_shard`.
+Each factory loads its frozen model once and returns a :data:`~features.shards.Compute`
+for :func:`~features.shards.for_each_shard`.
 """
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import to_tensor
 
+from corpus.datasets import image_paths
 from features.clip import encode_images, encode_region_crops, load_clip
 from features.detection import pad_regions
 from features.detectors import detect_regions, load_detector, region_dim
 from features.images import image_batches
 from features.keywords import label_keywords, retrieve_keywords
 from features.knn import knn_graphs
+from features.shards import Compute, read_upstream
 from features.store import read_bank
-from pipeline.datasets import image_paths
 from pipeline.params import Params
 from pipeline.paths import keyword_banks
 from pipeline.provenance import expected, keyword_bank
-from pipeline.shards import Compute, read_upstream
 
 Manifest = dict[str, Any]
 
@@ -65,7 +65,7 @@ def knn(params: Params, manifest: Manifest, device: torch.device) -> Compute:
     record = expected(params)["regions"]
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-        upstream, errors = read_upstream(params, "regions", shard, record, entries,
+        upstream, errors = read_upstream(params.store, "regions", shard, record, entries,
                                          ("features", "boxes", "counts", "image_sizes"))
         neighbors, weights = knn_graphs(upstream["features"], upstream["boxes"], upstream["counts"],
                                         upstream["image_sizes"], params.knn)
@@ -84,7 +84,7 @@ def region_keywords(params: Params, manifest: Manifest, device: torch.device) ->
         _, bank = read_bank(keyword_banks(params.store.dir), "object", keyword_bank(params))
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-        upstream, errors = read_upstream(params, "regions", shard, record, entries, ("boxes", "counts", "labels", "scores"))
+        upstream, errors = read_upstream(params.store, "regions", shard, record, entries, ("boxes", "counts", "labels", "scores"))
         if cfg.local_source == "labels":
             ids, scores = label_keywords(upstream["labels"], upstream["scores"])
         else:
@@ -109,7 +109,7 @@ def region_clip(params: Params, manifest: Manifest, device: torch.device) -> Com
     clip, record = load_clip(params.clip, device, params.store.precision), expected(params)["regions"]
 
     def compute(shard: int, entries: list[dict], progress) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-        upstream, errors = read_upstream(params, "regions", shard, record, entries, ("boxes", "counts"))
+        upstream, errors = read_upstream(params.store, "regions", shard, record, entries, ("boxes", "counts"))
         crops, crop_errors = encode_region_crops(clip, image_paths(manifest, entries), upstream["boxes"],
                                                  upstream["counts"], params.store.num_workers)
         errors.update(crop_errors)

@@ -10,17 +10,17 @@ import logging
 from pathlib import Path
 
 from features.errors import StoreError
+from features.shards import Rank, finish_kind, for_each_shard, missing_shards
 from features.store import shard_slices
 from pipeline import extract
 from pipeline.app import load_manifest, start, stopping_on_signals
-from pipeline.executors.engines import make_engine
 from pipeline.executors.config import ExecutorConfig, load_executor
+from pipeline.executors.engines import make_engine
 from pipeline.executors.run import ShardRun
 from pipeline.executors.worker import run_worker
 from pipeline.params import Params
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
-from pipeline.shards import Rank, finish_kind, for_each_shard, missing_shards
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def run_stage(kind: str) -> None:
     manifest = load_manifest()
     if executor.engine == "local" or rank.count > 1:
         compute = extract.IMAGE_FEATURES[kind](params, manifest, device_of(params.store.device))
-        for_each_shard(params, manifest, kind, expected(params)[kind], compute, rank)
+        for_each_shard(params.store, manifest, kind, expected(params)[kind], compute, rank)
     else:
         with stopping_on_signals():  # a stopped stage cancels what it submitted
             distribute(params, manifest, kind, executor)
@@ -49,7 +49,7 @@ def distribute(params: Params, manifest: dict, kind: str, executor: ExecutorConf
     engine, provenance = make_engine(executor), expected(params)[kind]
     store, n_shards = Path(params.store.dir), len(shard_slices(len(manifest["images"]), params.store.shard_size))
     failures: dict[int, str] = {}
-    missing = missing_shards(params, manifest, kind, provenance)
+    missing = missing_shards(params.store, manifest, kind, provenance)
     for round_ in range(1 + executor.retries):
         if not missing:
             break
@@ -58,7 +58,7 @@ def distribute(params: Params, manifest: dict, kind: str, executor: ExecutorConf
         run = ShardRun.create(kind, missing, round_)
         engine.run(run)
         failures.update(run.failures())
-        missing = missing_shards(params, manifest, kind, provenance)  # each shard read in full, once a round
+        missing = missing_shards(params.store, manifest, kind, provenance)  # each shard read in full, once a round
     for partial in sorted((store / kind).glob("*.tmp")):  # every worker has ended: what killed ones left
         partial.unlink(missing_ok=True)
     if missing:

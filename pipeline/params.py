@@ -12,15 +12,14 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from corpus.datasets import SplitConfig, TextConfig
 from eval.ablation import AblationConfig
 from eval.config import ReportConfig
-from features.config import ClipConfig, DetectorConfig, KeywordConfig, KnnConfig
-from features.precision import Precision
-from pipeline.datasets import SplitConfig, TextConfig
+from features.config import ClipConfig, DetectorConfig, KeywordConfig, KnnConfig, StoreConfig
 from train.config import DecodeConfig, ModelConfig, TrainConfig
 from world.config import WorldConfig
 
@@ -31,50 +30,46 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "data/world/dataset.json"  # Karpathy split JSON
-    image_root: str = "data/world"  # 'filepath/filename' of each entry is relative to this
-    max_images: int = 0  # keep only the first N images (0 = all); for quick trials
-    max_caption_chars: int = 1000  # longer captions are left out (with a warning naming the image)
-    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    """Section ``data`` of the parameters; each field's comment documents its key."""
 
-
-@dataclass(frozen=True)
-class StoreConfig:
-    dir: str = "data/features"
-    shard_size: int = dataclasses.field(default=1000, metadata={"min": 1})
-    num_workers: int = dataclasses.field(default=2, metadata={"min": 0})  # DataLoader workers decoding images
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Precision = "fp32"  # fp32 | bf16 (CPU and CUDA) | fp16 (CUDA): what the extractors' networks run at
-    on_bad_image: Literal["skip", "fail"] = "skip"  # skip (record in <kind>/rejects.json, leave out) | fail
-    max_open_shards: int = dataclasses.field(default=16, metadata={"min": 1})  # readers keep at most this many open per kind (LRU)
-    # kinds extracted only when listed (dvc.yaml's `optional` stages): region_clip, a CLIP forward
-    # per region crop (up to 36 per image), which only model.region_features clip | both read
-    optional_kinds: list[Literal["region_clip"]] = dataclasses.field(default_factory=list)
+    dataset: str = "data/world/dataset.json"  # Karpathy split JSON (dataset_coco.json, ...), COCO caption annotations
+    #   (captions_train2014.json, or a folder of captions_*.json) or a Flickr token file (results_20130124.token): told
+    #   by content
+    image_root: str = "data/world"  # each entry's filepath/filename is relative to this folder
+    max_images: int = 0  # keep only the first N images (0 = all)
+    max_caption_chars: int = 1000  # longer captions are left out, with a warning naming the image
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)  # which images train, validate and test
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    split: str = "test"
-    batch_size: int = dataclasses.field(default=50, metadata={"min": 1})
-    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    """Section ``evaluate`` of the parameters; each field's comment documents its key."""
+
+    split: str = "test"  # the split decoded and scored
+    batch_size: int = dataclasses.field(default=50, metadata={"min": 1})  # images decoded at once
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)  # how captions are decoded (the
+    #   evaluate stage, graphcap-caption, the demo)
 
 
 @dataclass(frozen=True)
 class Params:
-    data: DataConfig
-    prepare: TextConfig
-    store: StoreConfig
-    clip: ClipConfig
-    regions: DetectorConfig
-    keywords: KeywordConfig
-    knn: KnnConfig
-    model: ModelConfig
-    train: TrainConfig
-    evaluate: EvaluateConfig
-    ablation: AblationConfig
-    report: ReportConfig
-    # only the demo world's generator (data/dvc.yaml) reads it: a real data set's params may leave it out
-    world: WorldConfig = dataclasses.field(default_factory=WorldConfig, metadata={"optional": True})
+    """A run's whole configuration: one section per field."""
+
+    data: DataConfig  # the data set: its caption file, images and split (corpus/)
+    prepare: TextConfig  # caption normalisation (docs/method.md §9)
+    store: StoreConfig  # the HDF5 feature store (features/store.py)
+    clip: ClipConfig  # CLIP through open_clip (features/clip.py)
+    regions: DetectorConfig  # the detector (features/detectors.py: backends features/detector_*.py)
+    keywords: KeywordConfig  # keyword banks for the semantic guidance (features/keywords.py)
+    knn: KnnConfig  # per-image region graphs (features/knn.py)
+    model: ModelConfig  # the captioner (train/model.py)
+    train: TrainConfig  # the trainer (train/trainer.py)
+    evaluate: EvaluateConfig  # decoding and scoring a split (the evaluate stage)
+    ablation: AblationConfig  # the ablation table: studies/ (`make studies`), never part of `dvc repro`
+    #   (eval/ablation.py)
+    report: ReportConfig  # results/report/index.html (eval/report.py; stage report)
+    world: WorldConfig = dataclasses.field(default_factory=WorldConfig, metadata={"optional": True})  # the generated
+    #   demo data set (world/generate.py; its stage is in data/dvc.yaml): a real data set's parameters leave it out
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:

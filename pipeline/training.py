@@ -3,21 +3,18 @@ features, keyword banks, GPT-2, the caption pairs and their phrase groundings, v
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-import train as train_package
+from corpus.datasets import scorable
+from corpus.groundings import phrase_groundings
 from eval.metrics import cider
 from features.clip import ClipTail, load_clip, tail_spec
 from features.keywords import selectable_keywords
 from features.store import read_bank
 from pipeline.app import load_manifest
-from pipeline.datasets import manifest_images, scorable
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
 from pipeline.paths import keyword_banks
@@ -29,8 +26,7 @@ from train.decode import caption_images
 from train.distributed import World
 from train.model import Captioner, FeatureDims, load_gpt2
 from train.scst import CiderReward, ClipReward
-from train.trainer import SelfCriticalStage, seed_everything, train
-from world.grammar import ground_caption
+from train.trainer import SelfCriticalStage, fingerprint, seed_everything, train
 
 
 def train_captioner(params: Params, manifest_file: Path, out: Path, live_dir: Path, checkpoint: Path,
@@ -49,12 +45,8 @@ def train_captioner(params: Params, manifest_file: Path, out: Path, live_dir: Pa
     images = manifest["images"]
     train_idx, unlabelled_idx = labelled_split(split_indices(manifest, "train", features),
                                                params.train.labelled_fraction, params.train.seed)
-    first = features.image(train_idx[0])
-    region_inputs = {"clip": ["region_clip"], "both": ["features", "region_clip"]}.get(params.model.region_features,
-                                                                                     ["features"])
-    dims = FeatureDims(clip=len(first["clip"]), region=sum(first[k].shape[1] for k in region_inputs),
-                       scene_bank=len(scene_words),
-                       object_bank=len(object_words), keyword_bank=len(keyword_words))
+    dims = FeatureDims.of(features.image(train_idx[0]), params.model.region_features, len(scene_words),
+                          len(object_words), len(keyword_words))
     seed_everything(params.train.seed)
     gpt2, tokenizer = load_gpt2(params.model.gpt2)
     extra = {"features": expected(params), "dataset": manifest["dataset"], "scene_words": scene_words,
@@ -78,12 +70,9 @@ def train_captioner(params: Params, manifest_file: Path, out: Path, live_dir: Pa
         captions = caption_images(m, val_set, greedy, params.train.batch_size, device)
         return {"CIDEr_greedy": cider(references, {images[i]["id"]: scorable(c) for i, c in zip(val_idx, captions)})}
 
-    # a checkpoint is resumed only by a run of the same configuration and code on the same data
-    code = [path.read_text() for path in sorted(Path(train_package.__file__).parent.glob("*.py"))]
-    fingerprint = hashlib.sha256(json.dumps([asdict(params.model), asdict(params.train), extra, train_idx, val_idx,
-                                             code], sort_keys=True).encode()).hexdigest()
     return train(model, train_set, params.train, out, live_dir, scorer, "CIDEr_greedy", device, extra,
-                 checkpoint=checkpoint, fingerprint=fingerprint, world=world, scst=scst)
+                 checkpoint=checkpoint, fingerprint=fingerprint(params.model, params.train, extra, train_idx, val_idx),
+                 world=world, scst=scst)
 
 
 def self_critical_stage(params: Params, manifest: dict[str, Any], labelled: tuple[list[int], list[list[str]]],
@@ -114,27 +103,5 @@ def training_view(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def groundings(params: Params, manifest_file: Path, indices: list[int]) -> Iterator[list[list[Grounding]]] | None:
-    """Phrase groundings of every caption of the images at ``indices`` (ascending manifest
-    indices), image by image, for the grounding loss (else None): a generator over the manifest
-    read again, so only one image's phrases exist at a time. Only the demo world has them here
-    (from its ground truth); a data set with phrase-box annotations (Flickr30k Entities) would
-    supply them in the same form."""
-    if params.train.loss.grounding_weight <= 0:
-        return None
-    wanted = set(indices)
-
-    def per_image() -> Iterator[list[list[Grounding]]]:
-        for index, image in enumerate(manifest_images(manifest_file)):
-            if index not in wanted:
-                continue
-            if not has_groundings(image):
-                raise ValueError(f"train.loss.grounding_weight: image {image['id']} has no phrase groundings "
-                                 "(only the demo world's images have them: set the weight to 0)")
-            yield [ground_caption(c, image["extra"]["objects"]) for c in image["captions"]]
-
-    return per_image()
-
-
-def has_groundings(image: dict) -> bool:
-    """Whether a manifest entry carries the phrase groundings :func:`groundings` reads."""
-    return "objects" in image.get("extra", {})
+    """The phrase groundings of the images at ``indices`` for the grounding loss, else None."""
+    return phrase_groundings(manifest_file, indices) if params.train.loss.grounding_weight > 0 else None

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from features.shards import shard_inputs
 from features.store import StoreError, check_shard, open_shard, read_bank, shard_path, shard_slices
 from pipeline.app import load_manifest, run_command, start
 from pipeline.params import Params
 from pipeline.paths import keyword_banks
 from pipeline.provenance import expected, keyword_bank, stored_kinds
-from pipeline.shards import shard_inputs
 
 
 def verify_store(params: Params, manifest: dict[str, Any]) -> tuple[list[str], int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.paper_check import find_real_sample
+from tools.paper_check import find_real_sample
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,7 +33,7 @@ def tiny_language(tmp_path_factory):
     """A tokenizer trained with `tokenizers` and a random 1-layer GPT-2, saved as a folder."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from pipeline.demo_encoders.language import train_tokenizer
+    from tools.demo_encoders.language import train_tokenizer
 
     folder = tmp_path_factory.mktemp("gpt2")
     captions = ["a red circle on the beach", "a blue square in the snow", "two shapes in the city",
@@ -57,8 +57,8 @@ def tiny_clip(tmp_path_factory):
     from safetensors.torch import save_file
 
     from features.config import ClipConfig
-    from pipeline.demo_encoders.clip import clip_config
-    from pipeline.demo_encoders.language import train_tokenizer
+    from tools.demo_encoders.clip import clip_config
+    from tools.demo_encoders.language import train_tokenizer
 
     folder = tmp_path_factory.mktemp("clip")
     tokenizer = train_tokenizer(["a red circle", "a blue square on the beach"] * 4, vocab_size=280)

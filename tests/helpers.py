@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from train.config import LossConfig, ModelConfig
+from train.data import Batch
 from train.losses import total_loss
 from train.model import Captioner, FeatureDims, load_gpt2
 
@@ -54,7 +55,7 @@ def tiny_captioner(tiny_language, **overrides) -> Captioner:
     return Captioner(cfg, dims, gpt2, tokenizer, torch.randn(SCENES, D_CLIP), torch.randn(OBJECTS, D_CLIP))
 
 
-def changed_by_one_step(model: Captioner, batch: dict) -> set[str]:
+def changed_by_one_step(model: Captioner, batch: Batch) -> set[str]:
     """Names of the parameters one AdamW step on the training loss changes."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

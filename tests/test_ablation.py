@@ -120,7 +120,7 @@ def test_cells_of_related_captioners_and_other_graphs_run_through_the_stage(tmp_
 def test_figures_with_nothing_to_measure_are_written_as_json_null(tmp_path):
     import json
 
-    from pipeline.app import write_json
+    from features.files import write_json
 
     write_json(tmp_path / "m.json", {"world/relation_accuracy": float("nan"), "per": [{"x": float("nan")}, 1.5]})
     text = (tmp_path / "m.json").read_text()

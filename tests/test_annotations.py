@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image
 
+from corpus.datasets import DatasetError, SplitConfig, TextConfig, build_manifest
 from pipeline.app import load_manifest
-from pipeline.datasets import DatasetError, SplitConfig, TextConfig, build_manifest
 from tests.conftest import tiny_project
 
 

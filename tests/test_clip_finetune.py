@@ -16,7 +16,7 @@ from tests.test_features import _images
 from train.config import ModelConfig
 from train.data import collate
 from train.model import Captioner, FeatureDims, load_captioner, load_gpt2
-from train.trainer import set_phase
+from train.trainer import Phase, set_phase
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +44,15 @@ def _batch(model, clip, tmp_path):
 def test_tail_trains_in_phase_two_only(clip, tiny_language, tmp_path):
     model = _captioner(clip, tiny_language)
     batch, embeddings = _batch(model, clip, tmp_path)
-    assert batch["clip_tokens"].shape == (3, 17, 32)
+    assert batch.clip_tokens.shape == (3, 17, 32)
     with torch.no_grad():  # before training, the tail is CLIP: it recomputes the cached embeddings
-        np.testing.assert_allclose(model.clip_tail(batch["clip_tokens"]).numpy(), embeddings, atol=1e-5)
+        np.testing.assert_allclose(model.clip_tail(batch.clip_tokens).numpy(), embeddings, atol=1e-5)
     tail = {n for n, _ in model.named_parameters() if n.startswith("clip_tail.")}
     assert any(".blocks.1." in n for n in tail) and "clip_tail.proj" in tail
-    for phase in (1, 2):
+    for phase in (Phase.MAPPING, Phase.FULL):
         set_phase(model, phase)
         changed = changed_by_one_step(model, batch)
-        assert (changed & tail == set()) if phase == 1 else tail <= changed
+        assert (changed & tail == set()) if phase is Phase.MAPPING else tail <= changed
     assert not torch.equal(model.clip_tail.proj, clip.model.visual.proj)  # a copy: the extractor is untouched
 
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline.datasets import DatasetError, TextConfig, build_manifest, normalize_caption, read_dataset
+from corpus.datasets import DatasetError, TextConfig, build_manifest, normalize_caption, read_dataset
 from tests.conftest import REAL_SAMPLE
 
 
@@ -91,7 +91,7 @@ def test_a_wrong_image_root_stops_prepare_naming_it(tmp_path):
 
 
 def test_the_manifest_streams_entry_by_entry_and_stays_json(tmp_path):
-    from pipeline.datasets import manifest_images, read_manifest, write_manifest
+    from corpus.datasets import manifest_images, read_manifest, write_manifest
 
     manifest = {"dataset": "toy", "image_root": "x", "images": [{"id": str(i), "split": "train", "captions": ["a"]}
                                                                 for i in range(3)]}
@@ -117,7 +117,7 @@ def _coco_like(tmp_path, n_train=6, n_val=4):
 
 
 def test_coco2014_trains_on_train2014_and_tests_on_val2014(tmp_path):
-    from pipeline.datasets import SplitConfig
+    from corpus.datasets import SplitConfig
 
     split = SplitConfig(rule="coco2014", val_images=2)
     manifest = build_manifest(_coco_like(tmp_path), tmp_path / "images", TextConfig(), split=split)
@@ -129,7 +129,7 @@ def test_coco2014_trains_on_train2014_and_tests_on_val2014(tmp_path):
 
 
 def test_random_split_is_seeded_and_keeps_its_share(tmp_path):
-    from pipeline.datasets import SplitConfig
+    from corpus.datasets import SplitConfig
 
     source = _coco_like(tmp_path, n_train=10, n_val=10)
     splits = [[e["split"] for e in build_manifest(source, tmp_path / "images", TextConfig(),
@@ -140,7 +140,7 @@ def test_random_split_is_seeded_and_keeps_its_share(tmp_path):
 
 
 def test_coco2014_names_an_image_outside_both_folders(tmp_path):
-    from pipeline.datasets import SplitConfig
+    from corpus.datasets import SplitConfig
 
     (tmp_path / "images/x").mkdir(parents=True)
     (tmp_path / "images/x/0.jpg").write_bytes(b"jpeg")

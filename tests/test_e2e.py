@@ -153,8 +153,8 @@ def test_the_release_loads_offline_and_captions_as_evaluate_did(project, monkeyp
     network) and decodes the test images as the evaluate stage did."""
     import torch
 
+    from corpus.datasets import scorable
     from pipeline.app import load_manifest
-    from pipeline.datasets import scorable
     from pipeline.model_inputs import open_features, split_indices
     from pipeline.params import load_params
     from train.data import Images

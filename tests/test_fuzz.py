@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, Phase, assume, given, note, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from corpus.datasets import SplitConfig, TextConfig, build_manifest
 from pipeline import verify
 from pipeline.app import one_line
-from pipeline.datasets import SplitConfig, TextConfig, build_manifest
 from pipeline.params import Params, ParamsError, load_params
 from tests.helpers import tiny_captioner
 from train.model import load_captioner

@@ -65,7 +65,7 @@ def test_collate_places_each_caption_s_targets_at_its_image_s_nodes():
         it["tokens"] = np.array([5, 6, 7])
         it["ground"] = np.zeros((3, len(it["boxes"])), bool)
     items[1]["ground"][2, 0] = True  # token 2 of caption 1 → the first region of image 1 (node 4: image 0 has 4)
-    ground = collate(items)["ground"]
+    ground = collate(items).ground
     assert ground.shape == (2, 3, 5) and ground.nonzero().tolist() == [[1, 2, 4]]
 
 
@@ -110,7 +110,7 @@ def test_grounding_needs_region_tokens_and_groundings_and_a_real_head(tiny_langu
     model = tiny_captioner(tiny_language, prefix_regions="tokens", region_tokens=4)
     batch = _grounded_batch(model)
     with pytest.raises(ValueError, match="grounding_weight needs region tokens"):
-        total_loss(model, {k: v for k, v in batch.items() if k != "ground"}, LossConfig(grounding_weight=1.0))
+        total_loss(model, dataclasses.replace(batch, ground=None), LossConfig(grounding_weight=1.0))
     with pytest.raises(ValueError, match="grounding_weight needs region tokens"):
         total_loss(tiny_captioner(tiny_language), batch, LossConfig(grounding_weight=1.0))
     with pytest.raises(ValueError, match="grounding_heads: 3 is not within 1..2"):

@@ -59,7 +59,7 @@ def test_tokenizer_matches_pycocoevalcap_and_leaves_its_folder_alone():
 
 
 def test_a_scored_caption_never_holds_the_number_token():
-    from pipeline.datasets import scorable
+    from corpus.datasets import scorable
 
     assert scorable("two <num> dogs on a bench") == "two dogs on a bench"
 

@@ -1,4 +1,6 @@
 """The captioner on small synthetic batches: shapes, gradients, ablation switches, decoding, save/load."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -22,11 +24,11 @@ def test_graph_edges_are_symmetric_and_unique():
 
 def test_collate_offsets_graphs(tiny_language):
     batch = collate(synthetic_items())
-    assert batch["x"].shape == (12, D_REGION) and batch["node_batch"].tolist() == [0] * 4 + [1] + [2] * 7
-    assert batch["edge_index"].max() < 12 and batch["keyword_ids"].shape == (3, 7, 2)
-    assert (batch["keyword_ids"][1, 1:] == -1).all()  # padding has no keyword
-    src, dst = batch["edge_index"]
-    assert (batch["node_batch"][src] == batch["node_batch"][dst]).all()  # no edge crosses images
+    assert batch.region_features.shape == (12, D_REGION) and batch.node_batch.tolist() == [0] * 4 + [1] + [2] * 7
+    assert batch.edge_index.max() < 12 and batch.keyword_ids.shape == (3, 7, 2)
+    assert (batch.keyword_ids[1, 1:] == -1).all()  # padding has no keyword
+    src, dst = batch.edge_index
+    assert (batch.node_batch[src] == batch.node_batch[dst]).all()  # no edge crosses images
 
 
 def test_prefix_shapes_and_every_parameter_gets_a_gradient(tiny_language):
@@ -91,16 +93,16 @@ def test_transformer_mapper_replaces_the_mlp(tiny_language):
 
 
 def test_phase_one_freezes_gpt2_and_trains_the_rest(tiny_language):
-    from train.trainer import set_phase
+    from train.trainer import Phase, set_phase
 
     model = tiny_captioner(tiny_language)
     batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     names = {n for n, _ in model.named_parameters()}
-    for phase in (1, 2):
+    for phase in (Phase.MAPPING, Phase.FULL):
         set_phase(model, phase)
         changed = changed_by_one_step(model, batch)
         gpt2 = {n for n in names if n.startswith("gpt2.")}
-        assert (changed & gpt2 == set()) if phase == 1 else gpt2 <= changed | {"gpt2.lm_head.weight"}
+        assert (changed & gpt2 == set()) if phase is Phase.MAPPING else gpt2 <= changed | {"gpt2.lm_head.weight"}
         assert names - gpt2 <= changed  # everything outside GPT-2 trains in both phases
 
 
@@ -169,8 +171,8 @@ def test_clip_prefix_model_has_no_region_branch(tiny_language):
     assert model.fuse is None and model.gat is None
     batch = collate(synthetic_items(tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     prefix = model.prefix(batch)
-    torch.testing.assert_close(prefix.fused, batch["clip"])  # ClipCap: the mapper reads CLIP directly
-    batch["x"] = torch.full_like(batch["x"], float("nan"))  # regions are never read
+    torch.testing.assert_close(prefix.fused, batch.clip)  # ClipCap: the mapper reads CLIP directly
+    batch.region_features = torch.full_like(batch.region_features, float("nan"))  # regions are never read
     assert torch.isfinite(model.prefix(batch).embeddings).all()
     with pytest.raises(ValueError, match="model.gat needs model.regions"):
         tiny_captioner(tiny_language, regions=False)
@@ -195,13 +197,13 @@ def test_adapter_and_graph_keywords_train_and_reload(tiny_language, tmp_path, ov
 def test_graph_keywords_come_from_the_nodes_not_the_stored_keywords(tiny_language):
     graph, stored = tiny_captioner(tiny_language, local_text="graph").eval(), tiny_captioner(tiny_language).eval()
     batch = collate(synthetic_items(tokenizer=graph.tokenizer))
-    other = {**batch, "keyword_ids": batch["keyword_ids"].flip(0), "keyword_scores": batch["keyword_scores"].flip(0)}
+    other = replace(batch, keyword_ids=batch.keyword_ids.flip(0), keyword_scores=batch.keyword_scores.flip(0))
     prefix = graph.prefix(batch)
     assert prefix.local_attention.shape == (3, graph.dims.object_bank)
     torch.testing.assert_close(prefix.local_attention.sum(dim=-1), torch.ones(3))  # each image has regions
     torch.testing.assert_close(graph.prefix(other).embeddings, prefix.embeddings)  # stored keywords unread
     assert not torch.allclose(stored.prefix(other).embeddings, stored.prefix(batch).embeddings)
-    moved = {**batch, "x": batch["x"] + torch.randn_like(batch["x"])}
+    moved = replace(batch, region_features=batch.region_features + torch.randn_like(batch.region_features))
     assert not torch.allclose(graph.prefix(moved).local_attention, prefix.local_attention)  # nodes → keywords
 
 

@@ -2,8 +2,8 @@
 without the disk a run needs, and a failed run leaves its log, not gigabytes of weights."""
 import tempfile
 
-from pipeline import paper_check
 from tests.conftest import REAL_SAMPLE, real_photos
+from tools import paper_check
 
 
 def test_refuses_to_start_without_enough_disk(monkeypatch, tmp_path, capsys):

@@ -1,4 +1,6 @@
 """Box geometry and per-region prefix tokens (beyond the paper's mean-pooled regions)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -137,7 +139,7 @@ def test_top_down_context_tokens_are_ordered_by_height_and_hold_their_region(tin
     for image in range(3):  # the same regions in both halves (image 2 has 7: the 4 kept), sorted by height
         nodes = context_slots[image][context_slots[image] >= 0]
         assert sorted(nodes.tolist()) == sorted(own_slots[image][own_slots[image] >= 0].tolist())
-        heights = batch["geometry"][nodes, 1]
+        heights = batch.geometry[nodes, 1]
         assert torch.equal(heights, heights.sort().values)
         for slot, node in enumerate(context_slots[image].tolist()):  # each context token: own token + context
             if node >= 0:
@@ -149,9 +151,9 @@ def test_top_down_context_tokens_are_ordered_by_height_and_hold_their_region(tin
 
 
 def _moved(batch: dict, node: int, dx: float) -> dict:
-    geometry = batch["geometry"].clone()
+    geometry = batch.geometry.clone()
     geometry[node, 0] += dx
-    return {**batch, "geometry": geometry}
+    return replace(batch, geometry=geometry)
 
 
 def test_positions_reach_the_prefix_only_through_geometry_switches(tiny_language):
@@ -188,8 +190,8 @@ def test_store_boxes_reach_the_batch(tmp_path):
     items = synthetic_items(n=2)
     batch = collate(items, pad_id=0)
     boxes = np.concatenate([it["boxes"] for it in items])
-    assert batch["geometry"].shape == (len(boxes), 5)
-    torch.testing.assert_close(batch["geometry"][:, 2], torch.from_numpy((boxes[:, 2] - boxes[:, 0]) / 128))
+    assert batch.geometry.shape == (len(boxes), 5)
+    torch.testing.assert_close(batch.geometry[:, 2], torch.from_numpy((boxes[:, 2] - boxes[:, 0]) / 128))
 
 
 def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language):
@@ -202,7 +204,7 @@ def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language
     for item in items:
         item["region_clip"] = rng.normal(size=(len(item["features"]), 12)).astype(np.float32)
     batch = collate(items, pad_id=0)
-    assert batch["region_clip"].shape == (len(batch["x"]), 12)
+    assert batch.region_clip.shape == (len(batch.region_features), 12)
     gpt2, tokenizer = load_gpt2(str(tiny_language))
     for choice, width in (("clip", 12), ("both", D_REGION + 12)):
         cfg = ModelConfig(gpt2=str(tiny_language), gat_hidden=8, gat_heads=2, prefix_length=3, region_features=choice)
@@ -210,9 +212,9 @@ def test_region_features_are_the_detector_s_the_crops_clip_or_both(tiny_language
         model = Captioner(cfg, dims, gpt2, tokenizer, torch.randn(SCENES, D_CLIP), torch.randn(OBJECTS, D_CLIP)).eval()
         assert cfg.reads_region_clip
         prefix = model.prefix(batch).embeddings
-        no_detector = {**batch, "x": torch.full_like(batch["x"], float("nan"))}
+        no_detector = replace(batch, region_features=torch.full_like(batch.region_features, float("nan")))
         assert torch.isfinite(model.prefix(no_detector).embeddings).all() == (choice == "clip")
-        other_crops = {**batch, "region_clip": batch["region_clip"] + 1}
+        other_crops = replace(batch, region_clip=batch.region_clip + 1)
         assert not torch.allclose(model.prefix(other_crops).embeddings, prefix)
     assert not ModelConfig().reads_region_clip
     with pytest.raises(ValueError, match="model.region_features: unknown 'pixels'"):

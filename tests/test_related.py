@@ -1,5 +1,7 @@
 """The related captioners over the same cache: keyword-only generation (with CLIP re-ranking of
 the final beams) and the two-stage semi-supervised captioner (SCST with a CLIP reward)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -35,14 +37,14 @@ def test_keyword_only_model_sees_the_image_only_through_its_top_k_keywords(tiny_
     model = _keyword_model(tiny_language).eval()
     batch = _batch(model)
     prefix = model.prefix(batch)
-    similarity = F.normalize(batch["clip"], dim=-1) @ F.normalize(model.keyword_bank, dim=-1).T
+    similarity = F.normalize(batch.clip, dim=-1) @ F.normalize(model.keyword_bank, dim=-1).T
     assert prefix.keyword_ids.tolist() == similarity.argsort(dim=-1, descending=True)[:, :3].tolist()
     assert prefix.embeddings.shape == (3, 3, model.gpt2.config.n_embd)
     # the same keywords (a rescaled image embedding) and no usable regions: the very same prefix
-    same = {**batch, "clip": batch["clip"] * 5, "x": torch.full_like(batch["x"], float("nan"))}
+    same = replace(batch, clip=batch.clip * 5, region_features=torch.full_like(batch.region_features, float("nan")))
     torch.testing.assert_close(model.prefix(same).embeddings, prefix.embeddings)
     # an image embedding equal to a keyword's picks that keyword first
-    assert model.prefix({**batch, "clip": model.keyword_bank[[4, 0, 2]]}).keyword_ids[:, 0].tolist() == [4, 0, 2]
+    assert model.prefix(replace(batch, clip=model.keyword_bank[[4, 0, 2]])).keyword_ids[:, 0].tolist() == [4, 0, 2]
     changed = changed_by_one_step(model.train(), batch)  # the choice is not trainable: mapper and GPT-2 are
     assert changed and all(n.startswith(("mapping.", "gpt2.")) for n in changed)
 
@@ -76,7 +78,7 @@ def test_clip_rerank_keeps_the_beam_closest_to_the_image(tiny_language):
     beams, _ = search(model, model.prefix(batch).embeddings, cfg, 0, 4)  # (B, 4, T), most probable first
     candidates = [texts_of(model, b) for b in beams]
     chosen = decode(model, batch, cfg, _word_encoder)
-    for image, options, caption in zip(batch["clip"], candidates, chosen):
+    for image, options, caption in zip(batch.clip, candidates, chosen):
         similarity = F.normalize(torch.from_numpy(_word_encoder(options)), dim=-1) @ F.normalize(image, dim=0)
         assert caption == options[int(similarity.argmax())]
     assert decode(model, batch, DecodeConfig(method="beam", beam_size=4, max_tokens=6)) == [c[0] for c in candidates]
@@ -116,8 +118,7 @@ def _early_letter_encoder(texts: list[str]) -> np.ndarray:
 
 def test_self_critical_training_raises_the_reward(tiny_language):
     model = tiny_captioner(tiny_language, **_NO_IMAGE_BRANCH).train()
-    batch = {**_batch(model, 8), "clip": torch.eye(D_CLIP)[[0] * 8]}
-    del batch["text"], batch["tokens"], batch["mask"]  # stage 2 has no captions
+    batch = replace(_batch(model, 8), clip=torch.eye(D_CLIP)[[0] * 8], text=None, tokens=None, mask=None)  # no captions
     objective = SelfCritical(model, ClipReward(_early_letter_encoder), max_tokens=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
 

@@ -36,9 +36,9 @@ def test_log_likelihood_is_the_training_loss_summed(tiny_language):
     model = tiny_captioner(tiny_language).eval()
     batch = collate(synthetic_items(n=1, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     prefix = model.prefix(batch)
-    n_tokens = int(batch["mask"].sum())
-    logits = model.caption_logits(prefix.embeddings, batch["tokens"], batch["mask"])
-    expected = -generation_loss(logits, batch["tokens"], batch["mask"]) * n_tokens
+    n_tokens = int(batch.mask.sum())
+    logits = model.caption_logits(prefix.embeddings, batch.tokens, batch.mask)
+    expected = -generation_loss(logits, batch.tokens, batch.mask) * n_tokens
     got = caption_log_likelihoods(model, prefix.embeddings, ["a red circle on the beach"], max_tokens=40)
     torch.testing.assert_close(got, expected[None], rtol=1e-4, atol=1e-4)
 

@@ -1,6 +1,8 @@
 """Self-critical training with the CIDEr-D reward: the reward is pycocoevalcap's CIDEr-D of each
 caption against its image's references, and one SCST step moves the policy toward the samples
 that beat their baseline."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,7 @@ def test_cider_reward_is_pycocoevalcaps_cider_d():
         pycoco += (caption, refs)
     _, expected = pycoco.compute_score()  # document frequencies from these references, as ours
     reward = CiderReward(IMAGES, REFERENCES)
-    batch = {"index": torch.tensor([12, 10, 13, 11])}  # a batch in another order than the corpus
+    batch = replace(collate(synthetic_items(n=4)), index=torch.tensor([12, 10, 13, 11]))  # another order than the corpus
     order = [2, 0, 3, 1]
     got = reward(batch, [captions[k] for k in order], 1)
     np.testing.assert_allclose(got.numpy(), np.asarray(expected)[order], rtol=1e-6, atol=1e-6)
@@ -39,7 +41,7 @@ def test_cider_reward_is_pycocoevalcaps_cider_d():
 
 def test_one_scst_step_moves_the_policy_toward_the_rewarded_sample(tiny_language):
     model = tiny_captioner(tiny_language).train()
-    batch = {**collate(synthetic_items(n=1)), "index": torch.tensor([IMAGES[0]])}
+    batch = replace(collate(synthetic_items(n=1)), index=torch.tensor([IMAGES[0]]))
     embeds = model.prefix(batch).embeddings.detach()
     torch.manual_seed(0)
     with torch.no_grad():  # what the rollout below will draw: the same seed, the same model

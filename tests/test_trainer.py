@@ -1,6 +1,7 @@
 """The trainer: a run killed between epochs resumes from its checkpoint and ends exactly where an
 uninterrupted run ends; a checkpoint of another configuration is ignored."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -96,9 +97,9 @@ def test_text_only_training_never_sees_the_image(tiny_language):
     cfg = TrainConfig(mode="text_only", text_noise=0.016)
     batch = collate(synthetic_items(n=4, tokenizer=model.tokenizer), pad_id=model.tokenizer.pad_token_id)
     losses = []
-    for clip in (batch["clip"], torch.randn_like(batch["clip"]) * 100):  # any image embedding at all
+    for clip in (batch.clip, torch.randn_like(batch.clip) * 100):  # any image embedding at all
         torch.manual_seed(0)
-        losses.append(Objective(model, cfg)({**batch, "clip": clip})["total"].item())
+        losses.append(Objective(model, cfg)(replace(batch, clip=clip))["total"].item())
     assert losses[0] == losses[1]
     torch.manual_seed(0)
     assert Objective(model, TrainConfig())(batch)["total"].item() != losses[0]  # supervised mode does read it

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -253,7 +253,37 @@ def graph_edges(neighbors: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray,
     return np.stack([src[first], dst[first]]), w[first]
 
 
-def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+@dataclass
+class Batch:
+    """Images batched as one disjoint region graph (V regions, E edges) plus per-image tensors:
+    what :func:`collate` makes and the model, losses and decoding read. The optional fields are
+    there when the items carry them."""
+
+    clip: torch.Tensor  # (B, d) CLIP image embeddings
+    region_features: torch.Tensor  # (V, D) the detector's region features, image after image
+    geometry: torch.Tensor  # (V, 5) each box's geometry (train.region_graph.box_geometry)
+    node_batch: torch.Tensor  # (V,) the image of each region
+    edge_index: torch.Tensor  # (2, E) KNN graph edges (source, target) over the batch's regions
+    edge_weight: torch.Tensor  # (E,)
+    keyword_ids: torch.Tensor  # (B, N, K) each region's local keywords, -1 past its image's regions
+    keyword_scores: torch.Tensor  # (B, N, K)
+    index: torch.Tensor  # (B,) each image's store index
+    text: torch.Tensor | None = None  # (B, d) mean CLIP embedding of the image's captions (L_align)
+    region_clip: torch.Tensor | None = None  # (V, d) each region crop through CLIP
+    clip_tokens: torch.Tensor | None = None  # (B, L, width) ViT tokens entering its last two blocks
+    tokens: torch.Tensor | None = None  # (B, T) caption token ids, padded
+    mask: torch.Tensor | None = None  # (B, T) 1 on the caption's tokens
+    ground: torch.Tensor | None = None  # (B, T, V) token t of caption b is grounded to region v
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: None if v is None else v.to(device)
+                        for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def __len__(self) -> int:
+        return len(self.clip)
+
+
+def collate(items: list[dict[str, Any]], pad_id: int = 0) -> Batch:
     """Batch images into one disjoint graph plus padded per-image tensors."""
     counts = [len(it["features"]) for it in items]
     offsets = np.cumsum([0] + counts[:-1])
@@ -264,30 +294,29 @@ def collate(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Ten
     for b, it in enumerate(items):
         keyword_ids[b, :counts[b]] = torch.from_numpy(it["keyword_ids"])
         keyword_scores[b, :counts[b]] = torch.from_numpy(it["keyword_scores"])
-    batch = {
-        "clip": torch.from_numpy(np.stack([it["clip"] for it in items])),
-        "x": torch.from_numpy(np.concatenate([it["features"] for it in items])),  # (V, D)
-        "geometry": box_geometry(torch.from_numpy(np.concatenate([it["boxes"] for it in items])),
-                                 torch.from_numpy(np.repeat(np.stack([it["image_size"] for it in items]), counts, axis=0))),
-        "node_batch": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
-        "edge_index": torch.from_numpy(np.concatenate([e + o for e, o in zip(edges, offsets)], axis=1)),
-        "edge_weight": torch.from_numpy(np.concatenate(edge_weights)),
-        "keyword_ids": keyword_ids, "keyword_scores": keyword_scores,
-        "index": torch.tensor([it["index"] for it in items]),
-    }
-    if "text" in items[0]:  # the captions' CLIP embeddings (L_align); absent for new images
-        batch["text"] = torch.from_numpy(np.stack([it["text"] for it in items]))
-    if "region_clip" in items[0]:  # the regions' crops through CLIP (model.region_features clip | both)
-        batch["region_clip"] = torch.from_numpy(np.concatenate([it["region_clip"] for it in items]))  # (V, d)
+    batch = Batch(
+        clip=torch.from_numpy(np.stack([it["clip"] for it in items])),
+        region_features=torch.from_numpy(np.concatenate([it["features"] for it in items])),
+        geometry=box_geometry(torch.from_numpy(np.concatenate([it["boxes"] for it in items])),
+                              torch.from_numpy(np.repeat(np.stack([it["image_size"] for it in items]), counts, axis=0))),
+        node_batch=torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
+        edge_index=torch.from_numpy(np.concatenate([e + o for e, o in zip(edges, offsets)], axis=1)),
+        edge_weight=torch.from_numpy(np.concatenate(edge_weights)),
+        keyword_ids=keyword_ids, keyword_scores=keyword_scores,
+        index=torch.tensor([it["index"] for it in items]),
+    )
+    if "text" in items[0]:  # absent for new images
+        batch.text = torch.from_numpy(np.stack([it["text"] for it in items]))
+    if "region_clip" in items[0]:  # model.region_features clip | both
+        batch.region_clip = torch.from_numpy(np.concatenate([it["region_clip"] for it in items]))
     if "clip_tokens" in items[0]:
-        batch["clip_tokens"] = torch.from_numpy(np.stack([it["clip_tokens"] for it in items]))  # (B, L, width)
+        batch.clip_tokens = torch.from_numpy(np.stack([it["clip_tokens"] for it in items]))
     if "tokens" in items[0]:
-        batch["tokens"], batch["mask"] = pad_tokens([it["tokens"] for it in items], pad_id)
-    if "ground" in items[0]:  # token t of caption b is grounded to node v of the batch: (B, T, V)
-        ground = torch.zeros(*batch["tokens"].shape, len(batch["x"]), dtype=torch.bool)
+        batch.tokens, batch.mask = pad_tokens([it["tokens"] for it in items], pad_id)
+    if "ground" in items[0]:
+        batch.ground = torch.zeros(*batch.tokens.shape, len(batch.region_features), dtype=torch.bool)
         for b, (it, offset) in enumerate(zip(items, offsets)):
-            ground[b, :len(it["ground"]), offset:offset + counts[b]] = torch.from_numpy(it["ground"])
-        batch["ground"] = ground
+            batch.ground[b, :len(it["ground"]), offset:offset + counts[b]] = torch.from_numpy(it["ground"])
     return batch
 
 

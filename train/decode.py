@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from features.config import choices
 from train.config import DecodeConfig
-from train.data import collate
+from train.data import Batch, collate
 from train.model import Captioner
 
 METHODS = choices(DecodeConfig, "method")
@@ -120,7 +120,7 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def check_decode(cfg: DecodeConfig, text_encoder: TextEncoder | None = None) -> None:
     if cfg.method not in METHODS:
-        raise ValueError(f"evaluate.method: unknown decoding {cfg.method!r}; known: {METHODS}")
+        raise ValueError(f"evaluate.decode.method: unknown decoding {cfg.method!r}; known: {METHODS}")
     if cfg.rerank not in RERANKERS:
         raise ValueError(f"evaluate.decode.rerank: unknown {cfg.rerank!r}; known: {RERANKERS}")
     if not 0 < cfg.top_p <= 1 or cfg.temperature <= 0:
@@ -134,7 +134,7 @@ def check_decode(cfg: DecodeConfig, text_encoder: TextEncoder | None = None) -> 
 
 
 @torch.no_grad()
-def decode(model: Captioner, batch: dict[str, torch.Tensor], cfg: DecodeConfig,
+def decode(model: Captioner, batch: Batch, cfg: DecodeConfig,
            text_encoder: TextEncoder | None = None) -> list[str]:
     """One caption per image of the batch: of the final beams, the most probable one, or with
     ``rerank: clip`` the one whose CLIP text embedding is closest to the image's CLIP embedding,
@@ -158,7 +158,7 @@ def decode(model: Captioner, batch: dict[str, torch.Tensor], cfg: DecodeConfig,
     else:
         texts = torch.from_numpy(text_encoder(candidates)).to(embeds.device)
         scores = (F.normalize(texts.float(), dim=-1).view(batch_size, width, -1)
-                  @ F.normalize(batch["clip"].float(), dim=-1)[:, :, None]).squeeze(-1)  # (B, w)
+                  @ F.normalize(batch.clip.float(), dim=-1)[:, :, None]).squeeze(-1)  # (B, w)
     return [candidates[b * width + j] for b, j in enumerate(scores.argmax(dim=-1).tolist())]
 
 
@@ -206,5 +206,5 @@ def caption_images(model: Captioner, dataset, cfg: DecodeConfig, batch_size: int
     model.eval().to(device)
     captions: list[str] = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        captions += decode(model, {k: v.to(device) for k, v in batch.items()}, cfg, text_encoder)
+        captions += decode(model, batch.to(device), cfg, text_encoder)
     return captions

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from train.config import LossConfig
+from train.data import Batch
 from train.model import Captioner, Prefix
 
 
@@ -59,25 +60,25 @@ def grounding_loss(attention: torch.Tensor, prefix: Prefix, ground: torch.Tensor
     return -mass.log().permute(0, 2, 1)[grounded].mean()
 
 
-def total_loss(model: Captioner, batch: dict[str, torch.Tensor], cfg: LossConfig) -> dict[str, torch.Tensor]:
+def total_loss(model: Captioner, batch: Batch, cfg: LossConfig) -> dict[str, torch.Tensor]:
     prefix = model.prefix(batch)
     grounding = cfg.grounding_weight > 0
-    if grounding and (prefix.region_slots is None or "ground" not in batch):
+    if grounding and (prefix.region_slots is None or batch.ground is None):
         raise ValueError("train.loss.grounding_weight needs region tokens (model.prefix_regions tokens) and "
                          "phrase groundings of the captions")
     if grounding and not 0 < cfg.grounding_heads <= model.gpt2.config.n_head:
         raise ValueError(f"train.loss.grounding_heads: {cfg.grounding_heads} is not within 1..{model.gpt2.config.n_head} "
                          "(the heads of GPT-2's last layer)")
-    logits, attention = model.caption_forward(prefix.embeddings, batch["tokens"], batch["mask"], grounding)
+    logits, attention = model.caption_forward(prefix.embeddings, batch.tokens, batch.mask, grounding)
     parts = {
-        "gen": generation_loss(logits, batch["tokens"], batch["mask"]),
-        "align": (alignment_loss(prefix.fused, batch["text"], cfg) if prefix.fused is not None
+        "gen": generation_loss(logits, batch.tokens, batch.mask),
+        "align": (alignment_loss(prefix.fused, batch.text, cfg) if prefix.fused is not None
                   else prefix.embeddings.new_zeros(())),
         "gate": gate_loss(model, prefix, cfg),
     }
     parts["total"] = parts["gen"] + cfg.alpha_align * parts["align"] + cfg.alpha_gate * parts["gate"]
     if grounding:
-        parts["ground"] = grounding_loss(attention, prefix, batch["ground"], model.cfg.prefix_length,
+        parts["ground"] = grounding_loss(attention, prefix, batch.ground, model.cfg.prefix_length,
                                          cfg.grounding_heads)
         parts["total"] = parts["total"] + cfg.grounding_weight * parts["ground"]
     return parts

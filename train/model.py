@@ -9,6 +9,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel, PreTrainedT
 from features.clip import ClipTail, build_tail
 from features.config import choices
 from train.config import ModelConfig
+from train.data import Batch
 from train.gat import GATEncoder
 from train.guidance import GlobalGuidance, GraphKeywords, LocalGuidance, pool_local_keywords
 from train.mapping import MAPPERS, MLPMapper, TransformerMapper
@@ -44,6 +46,14 @@ class FeatureDims:
     scene_bank: int  # S: global keywords
     object_bank: int  # C: object keywords (label ids)
     keyword_bank: int = 0  # K: keywords selectable by model.condition keywords
+
+    @classmethod
+    def of(cls, item: dict[str, Any], region_features: str, scene_bank: int, object_bank: int,
+           keyword_bank: int = 0) -> FeatureDims:
+        """The widths of one store item (``train.data``'s), the region width as model.region_features reads it."""
+        region_inputs = {"detector": ["features"], "clip": ["region_clip"], "both": ["features", "region_clip"]}
+        return cls(clip=len(item["clip"]), region=sum(item[k].shape[1] for k in region_inputs[region_features]),
+                   scene_bank=scene_bank, object_bank=object_bank, keyword_bank=keyword_bank)
 
 
 @dataclass
@@ -124,17 +134,17 @@ class Captioner(nn.Module):
         slots = self.region_tokens.slots * (1 + self.cfg.spatial_tokens) if self.region_tokens else 0
         return self.cfg.prefix_length + slots
 
-    def prefix(self, batch: dict[str, torch.Tensor]) -> Prefix:
+    def prefix(self, batch: Batch) -> Prefix:
         if self.cfg.condition == "keywords":
-            return self.keyword_prefix(batch["clip"])
-        clip = self.clip_tail(batch["clip_tokens"]) if self.clip_tail is not None else batch["clip"]  # (B, d)
+            return self.keyword_prefix(batch.clip)
+        clip = self.clip_tail(batch.clip_tokens) if self.clip_tail is not None else batch.clip  # (B, d)
         if self.cfg.normalize_clip:
             clip = F.normalize(clip, dim=-1)
         fused, raw, regions = clip, None, None
         if self.fuse is not None:
             raw = self.region_features(batch)  # (V, D)
             regions, _ = self.enhance(raw, batch)  # (V, ·)
-            pooled = scatter(regions, batch["node_batch"], dim=0, dim_size=clip.shape[0], reduce="mean")
+            pooled = scatter(regions, batch.node_batch, dim=0, dim_size=clip.shape[0], reduce="mean")
             fused = self.fuse(torch.cat([clip, pooled], dim=-1))  # eq. 10
         parts, gate, scene_attention = [fused], None, None
         if self.global_guidance is not None:
@@ -154,17 +164,17 @@ class Captioner(nn.Module):
             return Prefix(embeddings, fused, gate, scene_attention, region_slots=slots, local_attention=local_attention)
         return Prefix(embeddings, fused, gate, scene_attention, local_attention=local_attention)
 
-    def local_text(self, batch: dict[str, torch.Tensor], regions: torch.Tensor | None,
+    def local_text(self, batch: Batch, regions: torch.Tensor | None,
                    n_images: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """f_local_text (B, d) by model.local_text: the store's region keywords pooled, or the object
         keywords nearest the enhanced regions (V, ·), with their attention (B, C)."""
         if self.graph_keywords is not None:
-            return self.graph_keywords(regions, batch["node_batch"], n_images)
-        scores = batch["keyword_scores"]  # (B, N, k)
+            return self.graph_keywords(regions, batch.node_batch, n_images)
+        scores = batch.keyword_scores  # (B, N, k)
         weights = scores.clamp_min(0) if self.cfg.local_pooling == "score" else torch.ones_like(scores)
-        return pool_local_keywords(self.object_bank, batch["keyword_ids"], weights), None
+        return pool_local_keywords(self.object_bank, batch.keyword_ids, weights), None
 
-    def place_region_tokens(self, node_tokens: torch.Tensor, batch: dict[str, torch.Tensor],
+    def place_region_tokens(self, node_tokens: torch.Tensor, batch: Batch,
                             n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Region tokens (V, h) with their spatial context, in slots: (B, S, h) and the node of
         each slot (B, S). With ``spatial_tokens`` the slots are the regions' own tokens, then as
@@ -172,7 +182,7 @@ class Captioner(nn.Module):
         same order, or (``spatial_token_order: top_down``) top to bottom, each context token then
         also holding its region's own token, so that GPT-2's positions say which region is higher
         as the first half's say which is further left."""
-        node_batch, geometry = batch["node_batch"], batch["geometry"]
+        node_batch, geometry = batch.node_batch, batch.geometry
         slots = self.region_tokens.table(node_batch, geometry, n_images)  # (B, S)
         if self.spatial_context is None:
             return self.region_tokens(node_tokens, slots), slots
@@ -195,33 +205,33 @@ class Captioner(nn.Module):
         chosen = self.keyword_bank[ids]  # (B, k, d)
         return Prefix(self.mapping(chosen.flatten(1)), None, None, None, ids)
 
-    def region_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def region_features(self, batch: Batch) -> torch.Tensor:
         """Every region of the batch as the model reads it (model.region_features), its box
         embedded when asked, mapped to CLIP's width by the adapter when on: (V, D) or (V, d)."""
-        x = {"detector": lambda: batch["x"], "clip": lambda: batch["region_clip"],
-             "both": lambda: torch.cat([batch["x"], batch["region_clip"]], dim=-1)}[self.cfg.region_features]()
+        x = {"detector": lambda: batch.region_features, "clip": lambda: batch.region_clip,
+             "both": lambda: torch.cat([batch.region_features, batch.region_clip], dim=-1)}[self.cfg.region_features]()
         if self.box_embedding is not None:
-            x = x + self.box_embedding(batch["geometry"])
+            x = x + self.box_embedding(batch.geometry)
         return self.adapter(x) if self.adapter is not None else x
 
-    def enhanced_regions(self, batch: dict[str, torch.Tensor],
+    def enhanced_regions(self, batch: Batch,
                          return_attention: bool = False) -> tuple[torch.Tensor, list]:
         """Every region of the batch through the GAT when on: (V, ·), and the GAT's attention per
         layer when ``return_attention``."""
         return self.enhance(self.region_features(batch), batch, return_attention)
 
-    def enhance(self, x: torch.Tensor, batch: dict[str, torch.Tensor],
+    def enhance(self, x: torch.Tensor, batch: Batch,
                 return_attention: bool = False) -> tuple[torch.Tensor, list]:
         """Region features x (V, D) → the GAT's output (V, hidden*heads) (x itself without GAT)."""
         if self.gat is None:
             return x, []
         attributes = []
         if self.cfg.gat_edge_weights:
-            attributes.append(batch["edge_weight"][:, None])
+            attributes.append(batch.edge_weight[:, None])
         if self.cfg.edge_geometry:
-            attributes.append(edge_geometry(batch["geometry"], batch["edge_index"]))
+            attributes.append(edge_geometry(batch.geometry, batch.edge_index))
         edge_attr = torch.cat(attributes, dim=-1) if attributes else None  # (E, edge_dim)
-        return self.gat(x, batch["edge_index"], edge_attr, return_attention)
+        return self.gat(x, batch.edge_index, edge_attr, return_attention)
 
     def caption_logits(self, prefix: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: prefix (B, L_p, h), tokens/mask (B, T) → logits for the tokens (B, T, V)."""

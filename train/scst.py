@@ -22,12 +22,13 @@ from torch import nn
 
 from train.cider import CiderD
 from train.config import DecodeConfig
+from train.data import Batch
 from train.decode import TextEncoder, sample, search, texts_of
 from train.model import Captioner
 
 
 class Reward(Protocol):
-    def __call__(self, batch: dict[str, torch.Tensor], captions: list[str], repeats: int) -> torch.Tensor:
+    def __call__(self, batch: Batch, captions: list[str], repeats: int) -> torch.Tensor:
         """Rewards (B·repeats,) of captions given image by image, ``repeats`` per image of the batch."""
 
 
@@ -37,8 +38,8 @@ class ClipReward:
     def __init__(self, text_encoder: TextEncoder):
         self.text_encoder = text_encoder
 
-    def __call__(self, batch: dict[str, torch.Tensor], captions: list[str], repeats: int) -> torch.Tensor:
-        image = batch["clip"].repeat_interleave(repeats, dim=0)  # (B·r, d)
+    def __call__(self, batch: Batch, captions: list[str], repeats: int) -> torch.Tensor:
+        image = batch.clip.repeat_interleave(repeats, dim=0)  # (B·r, d)
         texts = torch.from_numpy(self.text_encoder(captions)).to(image.device)
         return F.cosine_similarity(image.float(), texts.float(), dim=-1)
 
@@ -52,10 +53,10 @@ class CiderReward:
         self.position = {index: k for k, index in enumerate(images)}
         self.scorer = CiderD.from_corpus([[r.lower() for r in refs] for refs in references])
 
-    def __call__(self, batch: dict[str, torch.Tensor], captions: list[str], repeats: int) -> torch.Tensor:
-        ids = [self.position[i] for i in batch["index"].repeat_interleave(repeats).tolist()]
+    def __call__(self, batch: Batch, captions: list[str], repeats: int) -> torch.Tensor:
+        ids = [self.position[i] for i in batch.index.repeat_interleave(repeats).tolist()]
         scores = self.scorer.scores_by_id([c.lower() for c in captions], ids)
-        return torch.as_tensor(scores, dtype=torch.float32, device=batch["index"].device)
+        return torch.as_tensor(scores, dtype=torch.float32, device=batch.index.device)
 
 
 def caption_mask(tokens: torch.Tensor, eos: int) -> torch.Tensor:
@@ -92,14 +93,14 @@ class SelfCritical(nn.Module):
         self.model, self.reward, self.max_tokens = model, reward, max_tokens
         self.samples, self.baseline = samples, baseline
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         embeds = self.model.prefix(batch).embeddings  # (B, L_p, h), with gradient
         sampled, reward, baseline = self.rollout(batch, embeds.detach())
         loss = -((reward - baseline) * self.log_prob(embeds, sampled)).mean()
         return {"total": loss, "reward": reward.mean(), "reward_baseline": baseline.mean()}
 
     @torch.no_grad()
-    def rollout(self, batch: dict[str, torch.Tensor],
+    def rollout(self, batch: Batch,
                 embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``scst_samples`` captions per image drawn after the prefix (B, L_p, h), image by image
         (B·n, T), with their rewards and baselines (B·n,)."""
@@ -115,7 +116,7 @@ class SelfCritical(nn.Module):
         token_logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, sampled[..., None]).squeeze(-1)
         return (token_logp * mask).sum(dim=1)
 
-    def baseline_of(self, batch: dict[str, torch.Tensor], embeds: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    def baseline_of(self, batch: Batch, embeds: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
         """Each sample's baseline (B·n,): the greedy caption's reward, or the image's other samples' mean."""
         n = self.samples
         if self.baseline == "mean":

@@ -3,13 +3,16 @@ and the best model (by the validation scorer the caller hands in) saved as one f
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from enum import Enum
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +26,7 @@ from dvclive import Live
 from features.config import choices
 from features.precision import autocast
 from train.config import TrainConfig
-from train.data import collate
+from train.data import Batch, Images, collate
 from train.distributed import GlobalBatches, World, barrier, broadcast, gather, mean_over_ranks
 from train.losses import total_loss
 from train.model import Captioner
@@ -66,6 +69,21 @@ def save_checkpoint(path: Path, state: dict) -> None:
     _atomically(path, partial(torch.save, state))
 
 
+# Part of every resume fingerprint: bump it when a code change gives a checkpoint's state another
+# meaning (parameters renamed or reshaped, the optimizer or schedule changed, the data read
+# otherwise), so that a run never resumes from a checkpoint of the code before. Edits that keep
+# the meaning (docstrings, refactors, logging) keep a long run's checkpoint.
+CHECKPOINT_VERSION = 1
+
+
+def fingerprint(*decides: Any) -> str:
+    """What a checkpoint's meaning depends on, hashed: ``decides`` (the configurations, the data:
+    JSON-able, dataclasses as their fields) and :data:`CHECKPOINT_VERSION`. A run resumes only a
+    checkpoint of the same fingerprint."""
+    plain = [asdict(d) if is_dataclass(d) else d for d in decides]
+    return hashlib.sha256(json.dumps([*plain, CHECKPOINT_VERSION], sort_keys=True).encode()).hexdigest()
+
+
 def load_checkpoint(path: Path, fingerprint: str, world_size: int = 1) -> dict | None:
     """The checkpoint of an interrupted run of the same configuration and world size, else None."""
     if not path.exists():
@@ -83,23 +101,30 @@ def mixed_precision(precision: str, device: torch.device):
     return context, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-SCST = 3  # the phase number of the SCST epochs (after phase 2)
+class Phase(Enum):
+    """The training phases, in their order (docs/method.md §8); the value is what logs call them."""
+
+    MAPPING = 1  # GPT-2 (and CLIP's tail, if fine-tuned) frozen: the mapping and guidance learn to prompt it
+    FULL = 2  # everything trains
+    SCST = 3  # self-critical sequence training after phase 2 (train.scst_epochs)
+
+
 SCST_REWARDS = choices(TrainConfig, "scst_reward")
 
 
-def set_phase(model: Captioner, phase: int) -> None:
+def set_phase(model: Captioner, phase: Phase) -> None:
     """Phase 1 freezes GPT-2 (and CLIP's tail, if fine-tuned); phase 2 and SCST train everything."""
-    model.gpt2.requires_grad_(phase >= 2)
+    model.gpt2.requires_grad_(phase is not Phase.MAPPING)
     if model.clip_tail is not None:
-        model.clip_tail.requires_grad_(phase >= 2)
+        model.clip_tail.requires_grad_(phase is not Phase.MAPPING)
 
 
 @dataclass
 class SelfCriticalStage:
-    """What the SCST epochs train on: images (``train.data.Images``: the training images for the
-    CIDEr reward, the ones left unlabelled for the CLIP reward) and the reward of a caption."""
+    """What the SCST epochs train on: images (the training images for the CIDEr reward, the ones
+    left unlabelled for the CLIP reward) and the reward of a caption."""
 
-    images: object
+    images: Images
     reward: Reward
 
 
@@ -116,10 +141,10 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.cfg.mode == "text_only":
-            text = F.normalize(batch["text"], dim=-1)
-            batch = {**batch, "clip": text + math.sqrt(self.cfg.text_noise) * torch.randn_like(text)}
+            text = F.normalize(batch.text, dim=-1)
+            batch = replace(batch, clip=text + math.sqrt(self.cfg.text_noise) * torch.randn_like(text))
         return total_loss(self.model, batch, self.cfg.loss)
 
 
@@ -152,18 +177,14 @@ def check_scst(cfg: TrainConfig, scst: SelfCriticalStage | None) -> None:
         raise ValueError("train.scst_epochs: no images and reward were given for the SCST epochs")
 
 
-def _objective(model: Captioner, cfg: TrainConfig, world: World, device: torch.device, phase: int,
+def _objective(model: Captioner, cfg: TrainConfig, world: World, device: torch.device, phase: Phase,
                scst: SelfCriticalStage | None) -> nn.Module:
     """Built anew at each phase: DDP registers the parameters that require grad at construction."""
     objective = (SelfCritical(model, scst.reward, cfg.max_tokens, cfg.scst_samples, cfg.scst_baseline)
-                 if phase == SCST else Objective(model, cfg))
+                 if phase is Phase.SCST else Objective(model, cfg))
     if world.size == 1:
         return objective
     return DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _batches(data, cfg: TrainConfig, epoch: int, world: World) -> GlobalBatches:
@@ -193,7 +214,7 @@ def train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim
     skipped = 0
     for step, batch in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False)):
         with autocast:
-            parts = objective(_to(batch, device))
+            parts = objective(batch.to(device))
         if not torch.isfinite(parts["total"]).item():
             raise NonFiniteError(_nonfinite(f"loss {parts['total'].item()}", desc, step, batch, image_ids))
         optimizer.zero_grad(set_to_none=True)
@@ -210,8 +231,8 @@ def train_epoch(objective: nn.Module, loader: DataLoader, optimizer: torch.optim
     return {k: v / len(loader) for k, v in sums.items()}
 
 
-def _nonfinite(what: str, desc: str, step: int, batch: dict[str, torch.Tensor], image_ids: Sequence[str]) -> str:
-    indices = batch["index"].tolist()
+def _nonfinite(what: str, desc: str, step: int, batch: Batch, image_ids: Sequence[str]) -> str:
+    indices = batch.index.tolist()
     names = [image_ids[i] for i in indices] if image_ids else [str(i) for i in indices]
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     return (f"{desc}, step {step}: {what} with images {shown}; no model is written from here on — "
@@ -241,7 +262,7 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     autocast, scaler = mixed_precision(cfg.precision, device)
     if cfg.compile:
         model.gpt2.forward = torch.compile(model.gpt2.forward)
-    phases = [1] * cfg.phase1_epochs + [2] * cfg.phase2_epochs + [SCST] * cfg.scst_epochs
+    phases = [Phase.MAPPING] * cfg.phase1_epochs + [Phase.FULL] * cfg.phase2_epochs + [Phase.SCST] * cfg.scst_epochs
     if start and world.is_main:
         _forget_logged_epochs(live_dir, start)
     live_or_none = (Live(str(live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False)
@@ -249,11 +270,11 @@ def train(model: Captioner, train_set, cfg: TrainConfig, out_dir: Path, live_dir
     with live_or_none as live:
         for epoch in range(start, len(phases)):
             phase = phases[epoch]
-            if phase == SCST and (epoch == 0 or phases[epoch - 1] != SCST):  # stage 2 starts: its own rate, its own best
+            if phase is Phase.SCST and (epoch == 0 or phases[epoch - 1] is not Phase.SCST):  # stage 2: its own rate and best
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.scst_lr
                 best = {score_key: -math.inf}
-            data = scst.images if phase == SCST else train_set
+            data = scst.images if phase is Phase.SCST else train_set
             losses = _train_one_epoch(model, data, optimizer, (autocast, scaler), cfg, device, world, epoch, phase,
                                       scst)
             lr = optimizer.param_groups[0]["lr"]
@@ -294,7 +315,7 @@ def _resume(checkpoint: Path | None, fingerprint: str, world: World, model: Capt
 
 
 def _train_one_epoch(model: Captioner, data, optimizer: torch.optim.Optimizer, precision: tuple, cfg: TrainConfig,
-                     device: torch.device, world: World, epoch: int, phase: int,
+                     device: torch.device, world: World, epoch: int, phase: Phase,
                      scst: SelfCriticalStage | None) -> dict[str, float]:
     """One epoch of ``phase`` over ``data``; its mean losses over every rank's batches."""
     set_phase(model, phase)
@@ -305,7 +326,7 @@ def _train_one_epoch(model: Captioner, data, optimizer: torch.optim.Optimizer, p
     autocast, scaler = precision
     features = getattr(data, "features", None)
     return mean_over_ranks(train_epoch(objective, loader, optimizer, scaler, autocast, cfg, device,
-                                       f"epoch {epoch} (phase {phase})", getattr(features, "image_ids", ())), world)
+                                       f"epoch {epoch} (phase {phase.value})", getattr(features, "image_ids", ())), world)
 
 
 def _forget_logged_epochs(live_dir: Path, start: int) -> None:

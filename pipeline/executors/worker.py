@@ -1,5 +1,5 @@
 """A feature worker: loads its extractor once, then writes the shards it is handed, each through
-the same code as the stage's own loop (:func:`pipeline.shards.write_one_shard`), so a shard is
+the same code as the stage's own loop (:func:`features.shards.write_one_shard`), so a shard is
 byte-identical whichever worker made it. SLURM array tasks run it as a process
 (``python -m pipeline.stages.<kind> --worker <run folder>``); Ray runs it as an actor."""
 from __future__ import annotations
@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from features.shards import missing_shards, write_one_shard
 from pipeline import extract
 from pipeline.app import load_manifest, one_line, start
 from pipeline.executors.run import ShardRun
 from pipeline.provenance import expected
 from pipeline.runtime import device_of
-from pipeline.shards import missing_shards, write_one_shard
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class ShardWorker:
         report in the run folder. A failure is recorded, not raised: the stage names it."""
         start = time.perf_counter()
         try:
-            if index in missing_shards(self.params, self.manifest, self.kind, self.provenance, only=[index]):
-                write_one_shard(self.params, self.manifest, self.kind, self.provenance, self.compute, index)
+            if index in missing_shards(self.params.store, self.manifest, self.kind, self.provenance, only=[index]):
+                write_one_shard(self.params.store, self.manifest, self.kind, self.provenance, self.compute, index)
             self.report["done"].append(index)
             self.report["seconds"][str(index)] = round(time.perf_counter() - start, 3)
         except Exception as err:  # noqa: BLE001 - any failure of this shard is its reason, logged in full

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from eval.ablation import variant
+from features.files import write_json
+from features.shards import for_each_shard
 from pipeline import extract
-from pipeline.app import load_manifest, run_main, start, write_json
+from pipeline.app import load_manifest, run_main, start
 from pipeline.evaluation import evaluate_captioner
 from pipeline.params import Params
 from pipeline.paths import ABLATION_CELLS, ABLATION_WORK, MANIFEST
 from pipeline.provenance import expected
-from pipeline.shards import for_each_shard
 from pipeline.training import train_captioner
 
 
@@ -49,7 +50,7 @@ def with_own_graphs(params: Params, cell: Params, manifest: dict, work: Path) ->
         if entry.name != "knn" and not (store / entry.name).exists():
             (store / entry.name).symlink_to(entry)
     cell = dataclasses.replace(cell, store=dataclasses.replace(cell.store, dir=str(store)))
-    for_each_shard(cell, manifest, "knn", expected(cell)["knn"], extract.knn(cell, manifest, torch.device("cpu")))
+    for_each_shard(cell.store, manifest, "knn", expected(cell)["knn"], extract.knn(cell, manifest, torch.device("cpu")))
     return cell
 
 

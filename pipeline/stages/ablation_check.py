@@ -3,10 +3,11 @@ ablation.variants is checked against the data set, and one that needs what it la
 row: phrase groundings) is refused at once, naming it. Writes what the data set offers to
 results/ablation_data.json, which every cell depends on, so the check always runs first."""
 
+from corpus.groundings import has_groundings
 from eval.ablation import PHRASE_GROUNDINGS, REGION_CROPS, check_variants
-from pipeline.app import load_manifest, run_main, start, write_json
+from features.files import write_json
+from pipeline.app import load_manifest, run_main, start
 from pipeline.paths import ABLATION_DATA
-from pipeline.training import has_groundings
 
 
 def data_offers(manifest: dict) -> set[str]:

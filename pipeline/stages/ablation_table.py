@@ -3,7 +3,8 @@ and results/ablations.json (a DVC metrics file, so `dvc exp show` and `dvc metri
 import json
 
 from eval.ablation import markdown, summarize, to_csv
-from pipeline.app import run_main, start, write_json
+from features.files import write_json
+from pipeline.app import run_main, start
 from pipeline.paths import ABLATION_CELLS, ABLATION_TABLE
 
 

@@ -6,12 +6,12 @@ import numpy as np
 from features.clip import encode_texts, load_clip
 from features.detection import load_class_names
 from features.keywords import object_bank_words, scene_keywords
+from features.shards import Rank, for_each_shard
 from features.store import write_bank
 from pipeline.app import load_manifest, run_main, start
 from pipeline.paths import keyword_banks
 from pipeline.provenance import expected, keyword_bank
 from pipeline.runtime import device_of
-from pipeline.shards import Rank, for_each_shard
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
         progress(len(entries))
         return {"embeddings": embeddings, "offsets": offsets}, {}
 
-    for_each_shard(params, manifest, "clip_text", expected(params)["clip_text"], compute, rank)
+    for_each_shard(params.store, manifest, "clip_text", expected(params)["clip_text"], compute, rank)
     if rank.index != 0:
         return  # the keyword banks are written once, by rank 0
 

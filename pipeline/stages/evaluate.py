@@ -4,7 +4,8 @@ ground-truth judge and the relation ranking into results/metrics.json, captions 
 results/captions.json (and in the COCO server's result format, results/coco_results.json), and (on the demo world) the error analysis — confusions and detector vs
 captioner blame — into results/error_analysis.json."""
 from eval.metrics import headline, human_cider, spice_unavailable_reason
-from pipeline.app import load_manifest, run_main, start, write_json
+from features.files import write_json
+from pipeline.app import load_manifest, run_main, start
 from pipeline.evaluation import coco_results, evaluate_captioner
 from pipeline.paths import CAPTIONER, CAPTIONS, COCO_RESULTS, ERROR_ANALYSIS, HEADLINE_METRICS, METRICS
 

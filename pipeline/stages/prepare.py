@@ -1,8 +1,8 @@
 """Stage `prepare`: data set (Karpathy JSON) → data/manifest.json with normalised captions."""
 from pathlib import Path
 
+from corpus.datasets import build_manifest, write_manifest
 from pipeline.app import MANIFEST, run_main, start
-from pipeline.datasets import build_manifest, write_manifest
 
 
 def main() -> None:

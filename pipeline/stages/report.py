@@ -3,9 +3,9 @@ the evaluation split, with the evaluate stage's error analysis where it made one
 eval/report.py for what it shows."""
 import json
 
+from corpus.datasets import image_paths
 from eval.report import curve_svg, overview, report_items, write_report
 from pipeline.app import load_manifest, run_main, start
-from pipeline.datasets import image_paths
 from pipeline.model_inputs import open_features, split_indices, text_encoder
 from pipeline.params import Params
 from pipeline.paths import CAPTIONER, CAPTIONS, ERROR_ANALYSIS, HEADLINE_METRICS, REPORT, TRAINING_LOG

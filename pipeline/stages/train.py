@@ -2,7 +2,8 @@
 
 Data-parallel on N processes (gloo on CPU, nccl on GPUs; ``train.batch_size`` stays the global
 batch): ``torchrun --standalone --nproc_per_node N -m pipeline.stages.train``."""
-from pipeline.app import run_main, start, write_json
+from features.files import write_json
+from pipeline.app import run_main, start
 from pipeline.paths import CAPTIONER, CHECKPOINT, MANIFEST, TRAIN_SCORES, TRAINING_LOG
 from pipeline.runtime import device_of
 from pipeline.training import train_captioner

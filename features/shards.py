@@ -14,10 +14,10 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from features.config import StoreConfig
 from features.errors import ImageError, StoreError
+from features.files import write_json
 from features.store import check_shard, nonfinite_rows, open_shard, shard_path, shard_slices, write_shard
-from pipeline.app import write_json
-from pipeline.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def reject_nonfinite(kind: str, arrays: dict[str, np.ndarray], errors: dict[int,
             errors.setdefault(row, f"its {kind} {name!r} are not finite (NaN/Inf from the extractor)")
 
 
-def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
+def for_each_shard(store: StoreConfig, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
                    compute: Compute, rank: Rank = Rank(), summarize: bool = True) -> None:
     """Compute and write the shards of ``kind`` that this rank owns and that are missing or stale.
 
@@ -99,39 +99,39 @@ def for_each_shard(params: Params, manifest: dict[str, Any], kind: str, provenan
     ``summarize``: gather the rejected images into ``<kind>/rejects.json`` with a warning (a
     caller that reports each file itself, as captioning does, says no).
     """
-    slices = shard_slices(len(manifest["images"]), params.store.shard_size)
-    todo = [i for i in missing_shards(params, manifest, kind, provenance) if i % rank.count == rank.index]
+    slices = shard_slices(len(manifest["images"]), store.shard_size)
+    todo = [i for i in missing_shards(store, manifest, kind, provenance) if i % rank.count == rank.index]
     log.info("%s: %d of %d shards to compute (rank %d/%d)", kind, len(todo), len(slices), rank.index, rank.count)
     with tqdm(total=sum(slices[i].stop - slices[i].start for i in todo), desc=kind, unit="img",
               smoothing=0.1, disable=not log.isEnabledFor(logging.INFO)) as bar:  # a bar is INFO too
         for index in todo:
-            write_one_shard(params, manifest, kind, provenance, compute, index, bar.update)
-    finish_kind(Path(params.store.dir), kind, len(slices), summarize)
+            write_one_shard(store, manifest, kind, provenance, compute, index, bar.update)
+    finish_kind(Path(store.dir), kind, len(slices), summarize)
 
 
-def missing_shards(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
+def missing_shards(store: StoreConfig, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
                    only: list[int] | None = None) -> list[int]:
     """The shards of ``kind`` (or of ``only``) that are missing, stale or damaged: each existing one
     is read in full and checked, as graphcap-verify does."""
-    images, store = manifest["images"], Path(params.store.dir)
-    slices = shard_slices(len(images), params.store.shard_size)
+    images, folder = manifest["images"], Path(store.dir)
+    slices = shard_slices(len(images), store.shard_size)
     return [i for i in (range(len(slices)) if only is None else only)
-            if not _is_current(shard_path(store, kind, i), kind, provenance, images[slices[i]])]
+            if not _is_current(shard_path(folder, kind, i), kind, provenance, images[slices[i]])]
 
 
-def write_one_shard(params: Params, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
+def write_one_shard(store: StoreConfig, manifest: dict[str, Any], kind: str, provenance: dict[str, Any],
                     compute: Compute, index: int, progress: Callable[[int], object] = lambda n: None) -> None:
     """Compute shard ``index`` of ``kind`` and write it atomically (a worker killed mid-way leaves
     only a ``.tmp`` file, never a shard that looks complete)."""
-    entries = manifest["images"][shard_slices(len(manifest["images"]), params.store.shard_size)[index]]
+    entries = manifest["images"][shard_slices(len(manifest["images"]), store.shard_size)[index]]
     arrays, errors = compute(index, entries, progress)
     reject_nonfinite(kind, arrays, errors)
-    if errors and params.store.on_bad_image == "fail":
+    if errors and store.on_bad_image == "fail":
         raise ImageError(next(iter(errors.values())) + " (store.on_bad_image: fail)")
     rejects = [{"id": entries[row]["id"], "file": entries[row]["path"], "reason": reason}
                for row, reason in sorted(errors.items())]
-    write_shard(shard_path(Path(params.store.dir), kind, index), kind, [e["id"] for e in entries], arrays, provenance,
-                first_index=index * params.store.shard_size, rejects=rejects, inputs=shard_inputs(kind, entries))
+    write_shard(shard_path(Path(store.dir), kind, index), kind, [e["id"] for e in entries], arrays, provenance,
+                first_index=index * store.shard_size, rejects=rejects, inputs=shard_inputs(kind, entries))
 
 
 def finish_kind(store: Path, kind: str, n_shards: int, summarize: bool = True) -> None:
@@ -142,10 +142,10 @@ def finish_kind(store: Path, kind: str, n_shards: int, summarize: bool = True) -
         _summarize_rejects(store, kind, n_shards)
 
 
-def read_upstream(params: Params, kind: str, shard: int, record: dict[str, Any], entries: list[dict[str, Any]],
+def read_upstream(store: StoreConfig, kind: str, shard: int, record: dict[str, Any], entries: list[dict[str, Any]],
                   names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """Arrays of the same shard of an upstream kind, and its rejected rows (which stay rejected)."""
-    upstream = open_shard(shard_path(Path(params.store.dir), kind, shard), kind, record, [e["id"] for e in entries])
+    upstream = open_shard(shard_path(Path(store.dir), kind, shard), kind, record, [e["id"] for e in entries])
     try:
         arrays = {name: upstream.read(name) for name in names}
         row_of = {e["id"]: row for row, e in enumerate(entries)}

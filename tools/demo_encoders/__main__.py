@@ -1,4 +1,4 @@
-"""Retrain the demo encoders: ``python -m pipeline.demo_encoders [--out assets/demo]``.
+"""Retrain the demo encoders: ``python -m tools.demo_encoders [--out assets/demo]``.
 
 Generates its own world (a seed different from the pipeline's, so that the encoders never see
 the demo test images), then trains the tokenizer, GPT-2, CLIP and the detector one after the
@@ -17,10 +17,10 @@ import open_clip
 import torch
 from torchvision.transforms.functional import to_tensor
 
+from corpus.datasets import TextConfig, build_manifest, image_paths
 from features.images import load_rgb
-from pipeline.datasets import TextConfig, build_manifest, image_paths
-from pipeline.demo_encoders import clip, detector, language
 from pipeline.params import load_params
+from tools.demo_encoders import clip, detector, language
 from world.config import WorldConfig
 from world.generate import generate_world
 from world.grammar import SHAPES

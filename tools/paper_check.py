@@ -1,7 +1,7 @@
 """`make paper-check`: the real main job (`dvc repro`: prepare → features → train → evaluate →
 report) at the paper's sizes, on real photos, in a temporary copy of this project.
 
-    python -m pipeline.paper_check [--real-sample DIR] [--keep]
+    python -m tools.paper_check [--real-sample DIR] [--keep]
 
 presets/paper.yaml is used as it is but for three things: the weights (open_clip ViT-B-32,
 torchvision fasterrcnn_resnet50_fpn and GPT-2 small, 124M, built here with random weights and saved
@@ -82,7 +82,7 @@ def build_weights(folder: Path, captions: list[str]) -> dict[str, str]:
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from pipeline.demo_encoders.language import train_tokenizer
+    from tools.demo_encoders.language import train_tokenizer
 
     folder.mkdir(parents=True)
     torch.manual_seed(0)

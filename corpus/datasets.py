@@ -1,5 +1,5 @@
 """Data sets → manifest: Karpathy split JSON (COCO, Flickr30k, Flickr8k, the demo world), COCO's
-caption annotations and Flickr's token files (read by :mod:`pipeline.annotations`).
+caption annotations and Flickr's token files (read by :mod:`corpus.annotations`).
 
 The manifest is the single list every later stage indexes: one entry per image with a stable
 string id, its path relative to the image root, the md5 of the image file's bytes, its split and
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Literal
 
 from tqdm import tqdm
 
-from pipeline.annotations import DatasetError, load_karpathy_form
+from corpus.annotations import DatasetError, load_karpathy_form
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +30,23 @@ NUMBER_TOKEN = "<num>"  # what prepare.numbers_to_token writes for a number; nev
 
 @dataclass(frozen=True)
 class TextConfig:
-    """Caption normalisation (docs/method.md §9); keys documented in params.yaml (``prepare``)."""
+    """Caption normalisation (docs/method.md §9); section ``prepare``."""
 
-    lowercase: bool = True
-    strip_punctuation: bool = True  # everything but letters, digits, spaces and periods
-    numbers_to_token: bool = True  # "2" -> NUMBER_TOKEN
-    restval_to_train: bool = True  # Karpathy's "restval" images join the training split
+    lowercase: bool = True  # captions lowercased
+    strip_punctuation: bool = True  # all but letters, digits, spaces, periods and < > (of <num>)
+    numbers_to_token: bool = True  # numbers become <num>
+    restval_to_train: bool = True  # Karpathy "restval" images join the training split
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Which images train, validate and test; keys documented in params.yaml (``data.split``)."""
+    """Which images train, validate and test; section ``data.split``."""
 
-    rule: Literal["karpathy", "coco2014", "random"] = "karpathy"  # karpathy: the JSON's own splits
-    train_share: float = 0.8  # random: the share of images that train, the rest test (Flickr30k's 8:2)
-    seed: int = 0  # random: the draw; coco2014 and random: which training images validate
-    val_images: int = 5000  # coco2014 and random: training images held out to choose the best epoch
+    rule: Literal["karpathy", "coco2014", "random"] = "karpathy"  # karpathy (Karpathy JSON's splits, restval → train) |
+    #   coco2014 (train2014 trains, val2014 tests: the paper's MSCOCO split) | random (Flickr30k's 8:2 in the paper)
+    train_share: float = 0.8  # random: share of the images that train; the rest test
+    seed: int = 0  # random: the draw; coco2014 / random: which training images validate
+    val_images: int = 5000  # coco2014 / random: training images held out to choose the best epoch
 
 
 _PUNCTUATION = re.compile(r"[^\w\s.<>]|_")
@@ -110,7 +111,7 @@ def _usable_captions(raw: list[str], image_id: str, source: Path, max_chars: int
 
 
 def read_dataset(source: Path, cfg: TextConfig, max_caption_chars: int = 1000) -> dict[str, Any]:
-    """Read a caption file (Karpathy, COCO or Flickr: :mod:`pipeline.annotations`) into a
+    """Read a caption file (Karpathy, COCO or Flickr: :mod:`corpus.annotations`) into a
     manifest dict (without the image root); entries of a file without splits have split None."""
     data, has_splits = load_karpathy_form(Path(source))
     images, seen = [], set()
