@@ -97,8 +97,8 @@ def _mapping(values: dict[str, Any], prefix: str, keys: dict[str, tuple[str, typ
         out += _commented(heads[name], keys[key][0], column)
         if isinstance(value, dict):
             out += _mapping(value, key + ".", keys)
-        elif _block(value):
-            out += [f"{indent}- {_scalar(item)}" for item in value]
+        elif _block(value):  # as DVC's YAML writer (`dvc exp run -S`) writes it, so an override changes one line
+            out += [indent + line for line in yaml.safe_dump(value, default_flow_style=False).splitlines()]
     return out
 
 
@@ -114,8 +114,8 @@ def _commented(head: str, doc: str, column: int) -> list[str]:
 
 
 def _block(value: Any) -> bool:
-    """Lists too long for one line are written one item a line."""
-    return isinstance(value, list) and len(_scalar(value)) > 60
+    """A list is written one item a line (an empty one as [])."""
+    return isinstance(value, list) and bool(value)
 
 
 def _scalar(value: Any) -> str:
