@@ -22,6 +22,8 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -33,17 +35,25 @@ from pipeline.paths import CAPTIONER
 from pipeline.runtime import device_of
 from train.model import model_folder
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no version check either
-try:
+if TYPE_CHECKING:
     import gradio as gr
-except ModuleNotFoundError as err:  # an optional extra: one line, not a traceback
-    raise SystemExit(f"graphcap-demo: {err.name} is not installed: pip install -e '.[demo]'") from None
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 20 * 2**20  # an upload larger than this is refused (a 24 MP JPEG is ~10 MB)
 MAX_QUEUE = 16  # uploads waiting for the model; one more is told the queue is full
 API_NAME = "caption"  # gradio_client: Client(url).predict(handle_file(path), api_name="/caption")
+
+
+def _gradio() -> ModuleType:
+    """Gradio, imported when the app is built (seconds: `--help` does not wait for it), its
+    analytics off before the import (no version check either)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ModuleNotFoundError as err:  # an optional extra: one line, not a traceback
+        raise SystemExit(f"graphcap-demo: {err.name} is not installed: pip install -e '.[demo]'") from None
+    return gradio
 
 
 class BadUpload(ValueError):
@@ -57,7 +67,7 @@ def too_large(name: str, size: int, limit: int) -> str:
 def refusal(reason: str) -> gr.Error:
     """What the page shows (until closed) and the log's one line: no traceback for a user's file."""
     log.warning("refused: %s", printable(reason))
-    return gr.Error(reason, duration=None, print_exception=False)
+    return _gradio().Error(reason, duration=None, print_exception=False)
 
 
 @dataclass
@@ -101,6 +111,7 @@ class Demo:
             raise refusal(f"{name}: could not be captioned (an internal error; the server's log has it)") from None
 
     def app(self) -> gr.Blocks:
+        gr = _gradio()
         with gr.Blocks(title="graphcap demo", analytics_enabled=False) as blocks:
             gr.Markdown("# graphcap demo" + (f"\n\n**Note:** {self.note}" if self.note else ""))
             with gr.Row():

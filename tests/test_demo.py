@@ -212,6 +212,7 @@ def test_the_command_serves_and_prints_its_url(trained, tmp_path):
         assert "at most 1,000 bytes" in config
 
 
+@pytest.mark.slow  # starts a second app process: `make test-slow` keeps `make test` under 10 min
 def test_the_release_runs_as_a_space_outside_the_project(trained, tmp_path, photo):
     """The release folder copied away, its app.py run as a Space runs it (the bundled code, not
     the project's): the API gives the caption `graphcap-caption` gives inside the project."""

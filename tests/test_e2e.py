@@ -289,6 +289,7 @@ def test_parameters_rerun_only_what_depends_on_them(project):
     assert _stages_run(_dvc(project, "repro")) == {"knn", "train", "evaluate", "report", "release"}
 
 
+@pytest.mark.slow  # ~1 min beside the e2e project's: `make test-slow` keeps `make test` under 10 min
 def test_studies_run_apart_and_rerun_only_new_cells(project):
     studies = project / "studies"  # a DVC project of its own: the root's status never lists a cell
     assert "ablation" not in _dvc(project, "status")
