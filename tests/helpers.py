@@ -1,8 +1,11 @@
 """Helpers the model-level tests share: synthetic feature items and a tiny captioner over the
 tiny GPT-2 of the ``tiny_language`` fixture (tests/conftest.py)."""
 import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from train.config import LossConfig, ModelConfig
@@ -63,3 +66,13 @@ def changed_by_one_step(model: Captioner, batch: Batch) -> set[str]:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+
+def project_files(root: Path) -> list[str]:
+    """The files git knows in ``root`` (committed or not, ignored ones left out); the calling
+    test skips, saying so, outside a git checkout."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, text=True, check=False)
+    if listed.returncode:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    return [name for name in listed.stdout.split("\0") if name and (root / name).is_file()]

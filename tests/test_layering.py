@@ -4,7 +4,6 @@ reruns exactly the stages it can change)."""
 import ast
 import os
 import re
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import yaml
 
 from pipeline import paths
 from tests.conftest import ROOT
+from tests.helpers import project_files
 
 PACKAGES = ("world", "corpus", "features", "train", "eval", "pipeline", "graphcap", "tools")
 # package → the project packages it must not import: each layer imports only those before it in
@@ -188,16 +188,9 @@ MACHINE_PATH = re.compile(r"(?<![\w.~])(/wor[k]/|/hom[e]/\w|/roo[t]/|/User[s]/\w
 
 def test_no_absolute_path_of_a_machine_in_the_tree():
     """The tree runs wherever it is cloned: paths are relative to it (../shared beside a checkout)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=False)
-    if listed.returncode:
-        pytest.skip("not a git checkout: the tracked files are unknown")
     found = []
-    for name in listed.stdout.decode().split("\0"):
-        path = ROOT / name
-        if not name or not path.is_file():
-            continue
-        data = path.read_bytes()
+    for name in project_files(ROOT):
+        data = (ROOT / name).read_bytes()
         if b"\0" in data:  # binary (weights, images)
             continue
         found += [f"{name}:{k + 1}: {line.strip()}" for k, line in enumerate(data.decode("utf-8", "replace").splitlines())

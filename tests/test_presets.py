@@ -3,7 +3,6 @@ preset are rendered from the fields (tools/presets.py), the preset's source hold
 changes, and every key a message, comment, doc or preset names exists."""
 import io
 import re
-import subprocess
 import tokenize
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from pipeline.params import load_params
 from pipeline.provenance import expected
 from tests.conftest import ROOT
+from tests.helpers import project_files
 from tests.test_layering import MODULES
 from tools import presets
 
@@ -51,14 +51,8 @@ def test_no_measured_figure_in_a_parameter_comment():
 def _texts():
     """(file, line, text) of every string, comment and f-string text of our Python files (the
     code inside f-string braces left out), and of every line of the docs and YAML files."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=False)
-    if listed.returncode:
-        pytest.skip("not a git checkout: the tracked files are unknown")
-    for name in listed.stdout.split():
+    for name in project_files(ROOT):
         path = ROOT / name
-        if not path.is_file():
-            continue
         if name.endswith(".py"):
             for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
                 if token.type in (tokenize.STRING, tokenize.COMMENT):
